@@ -1,0 +1,1 @@
+"""Scoring: benchmark metrics, post-processing and inference over a split."""

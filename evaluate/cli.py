@@ -1,0 +1,1 @@
+"""`r2 evaluate` command (placeholder until the stage lands)."""

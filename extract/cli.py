@@ -1,0 +1,1 @@
+"""`r2 extract` command (placeholder until the stage lands)."""

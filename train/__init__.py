@@ -1,0 +1,1 @@
+"""Stage 2: the R² model and its training loop."""

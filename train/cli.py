@@ -1,0 +1,1 @@
+"""`r2 train` command (placeholder until the stage lands)."""
