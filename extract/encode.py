@@ -1,0 +1,361 @@
+"""Frozen HuggingFace CLIP: uint8 frames and query strings into multi-layer features (spec §1).
+
+Video: `hidden_states[-K:]` of the vision tower (all P tokens, before `post_layernorm` and the
+projection) -> (N, K, P, Dv). Text: the same for the causal text tower, cut to the real tokens
+start .. end-of-text -> (L, K, Dq). Features leave as float16, the cache's storage type.
+Pixels are normalised here in torch (x / 255 - mean) / std with the model's own
+preprocessor config; the geometry (shorter side resize, centre crop) is `decode.py`'s job.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import ftfy
+import numpy as np
+import torch
+from r2.extract.defaults import DEFAULT_K, DEFAULT_MODEL
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PIXEL_SCALE = 255.0  # uint8 -> [0, 1], as torchvision's ToTensor
+FRAME_CHUNK = 64  # frames per vision forward inside encode_frames (bounds activation memory)
+TEXT_CHUNK = 128  # queries per text forward (queries of one token length, so no padding)
+_COMMIT_RE = re.compile(r"snapshots/([0-9a-f]{40})(/|$)")
+
+
+class ModelLoadError(RuntimeError):
+    """The CLIP model (or a file of it) could not be loaded; never replaced by a random model."""
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """Everything about the encoder that the features depend on (recorded in the cache)."""
+
+    model_id: str  # HF hub id or local folder as given
+    revision: str | None  # resolved commit hash when known, else the requested revision
+    k: int  # last K transformer blocks kept
+    image_size: int  # square input size S of the vision tower, pixels
+    mean: tuple[float, float, float]  # per-channel normalisation mean (RGB, [0, 1] scale)
+    std: tuple[float, float, float]  # per-channel normalisation std
+    dtype: str  # compute dtype: "fp32" | "fp16" | "bf16"
+    tokens_per_frame: int  # P = 1 CLS + (S / patch)^2
+    video_dim: int  # Dv, vision width
+    text_dim: int  # Dq, text width
+
+
+@dataclass
+class EncodedText:
+    """One query's features and how it was tokenized."""
+
+    features: np.ndarray  # (L, K, Dq) float16, start token .. end-of-text token
+    n_tokens: int  # L
+    truncated: bool  # the text had more than max_tokens - 2 tokens
+
+
+def clean_text(text: str) -> str:
+    """CLIP's text cleaning: ftfy.fix_text, html.unescape twice, whitespace collapsed."""
+    text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _load_error(model: str, revision: str | None, err: BaseException) -> ModelLoadError:
+    rev = f" at revision {revision!r}" if revision else ""
+    return ModelLoadError(
+        f"could not load the CLIP model {model!r}{rev}: {type(err).__name__}: {err}\n"
+        "r2 never substitutes a random model. To fix it, either\n"
+        "  - run once with internet access so the model lands in the HuggingFace cache\n"
+        "    (~/.cache/huggingface, or $HF_HOME), then work offline with HF_HUB_OFFLINE=1; or\n"
+        "  - pass --model /path/to/folder, a local folder with config.json, model.safetensors,\n"
+        "    the tokenizer files and preprocessor_config.json (e.g. `save_pretrained` output)."
+    )
+
+
+def _resolve_model(
+    model: str, revision: str | None, cache_dir: str | None, local_only: bool
+) -> tuple[str, str | None]:
+    """Resolve `model` to its config file; return (revision to load with, commit hash or None)."""
+    from transformers.utils import cached_file
+
+    try:
+        config_file = cached_file(
+            model,
+            "config.json",
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_only,
+        )
+    except Exception as err:
+        raise _load_error(model, revision, err) from err
+    if config_file is None:
+        raise _load_error(model, revision, FileNotFoundError("config.json not found"))
+    found = _COMMIT_RE.search(Path(config_file).resolve().parent.as_posix() + "/")
+    commit = found.group(1) if found else None
+    if commit is None and Path(model).is_dir():
+        found = _COMMIT_RE.search(Path(model).resolve().as_posix() + "/")
+        commit = found.group(1) if found else None
+    return (commit or revision), commit
+
+
+def _read_preprocessing(
+    model: str, revision: str | None, cache_dir: str | None, local_only: bool
+) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """Image size, mean and std from the model's preprocessor_config.json."""
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(
+            model,
+            "preprocessor_config.json",
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_only,
+        )
+        cfg = json.loads(Path(path).read_text())
+    except Exception as err:
+        raise _load_error(model, revision, err) from err
+
+    def side(value: object, key: str) -> int:
+        if isinstance(value, dict):
+            value = value.get("shortest_edge", value.get("height"))
+        if not isinstance(value, int):
+            raise ModelLoadError(f"{path}: field {key!r} must give one square size, got {value!r}")
+        return value
+
+    size = side(cfg.get("size"), "size")
+    crop = side(cfg.get("crop_size", size), "crop_size")
+    if size != crop:
+        raise ModelLoadError(f"{path}: shorter-side size {size} != crop size {crop}; unsupported")
+    scale = cfg.get("rescale_factor", 1 / PIXEL_SCALE)
+    if not cfg.get("do_rescale", True) or abs(scale * PIXEL_SCALE - 1) > 1e-9:
+        raise ModelLoadError(f"{path}: only rescale_factor 1/255 is supported, got {scale}")
+    mean, std = cfg.get("image_mean"), cfg.get("image_std")
+    if not cfg.get("do_normalize", True) or len(mean or ()) != 3 or len(std or ()) != 3:
+        raise ModelLoadError(f"{path}: image_mean / image_std must be 3 values each")
+    return crop, tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _pick_dtype(dtype: str | None, device: torch.device) -> str:
+    if dtype is None:
+        return "fp16" if device.type == "cuda" else "fp32"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+@contextmanager
+def _quiet_transformers():
+    """Hide transformers' load report (the other tower's weights are 'unexpected') and bars."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_tower(cls: type, model: str, revision: str | None, cache_dir, local_only: bool):
+    """Load one CLIP tower with its pretrained weights; a missing weight is an error."""
+    try:
+        with _quiet_transformers():
+            tower, info = cls.from_pretrained(
+                model,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_only,
+                output_loading_info=True,
+            )
+    except Exception as err:
+        raise _load_error(model, revision, err) from err
+    missing = list(info.get("missing_keys") or [])
+    if missing:
+        raise _load_error(
+            model, revision, ValueError(f"weights missing from the checkpoint: {missing[:5]}")
+        )
+    return tower.eval().requires_grad_(False)
+
+
+class ClipEncoder:
+    """Frozen CLIP towers returning the last K blocks' outputs as float16 features.
+
+    Build with `ClipEncoder.load(...)`. `settings` holds what the features depend on.
+    """
+
+    def __init__(self, vision, text, tokenizer, settings: EncoderSettings, device, max_tokens):
+        self.vision = vision  # CLIPVisionModel or None
+        self.text = text  # CLIPTextModel or None
+        self.tokenizer = tokenizer  # CLIPTokenizer or None
+        self.settings = settings
+        self.device = device
+        self.max_tokens = max_tokens  # text context length (77 for CLIP)
+        self._torch_dtype = DTYPES[settings.dtype]
+        self._mean = torch.tensor(settings.mean, dtype=torch.float32, device=device)
+        self._std = torch.tensor(settings.std, dtype=torch.float32, device=device)
+
+    @classmethod
+    def load(
+        cls,
+        model: str = DEFAULT_MODEL,
+        *,
+        revision: str | None = None,
+        k: int = DEFAULT_K,
+        device: str = "auto",
+        dtype: str | None = None,
+        towers: tuple[str, ...] = ("vision", "text"),
+        cache_dir: str | None = None,
+        local_files_only: bool = False,
+    ) -> ClipEncoder:
+        """Load a HuggingFace CLIP (hub id or local folder) for feature extraction.
+
+        Args:
+            model: hub id (e.g. "openai/clip-vit-base-patch32") or a local folder.
+            revision: branch, tag or commit on the hub; the resolved commit is recorded.
+            k: number of last transformer blocks to keep (>= 1, <= the model's depth).
+            device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+            dtype: compute dtype "fp32" | "fp16" | "bf16"; default fp16 on CUDA, fp32 on CPU.
+            towers: which towers to load ("vision", "text"); the other one is never loaded.
+            cache_dir: HuggingFace cache folder (default: the HF default).
+            local_files_only: never contact the hub (also implied by HF_HUB_OFFLINE=1).
+
+        Raises:
+            ModelLoadError: the model or one of its files can't be loaded (never a silent
+                fallback to random weights); the message says how to fix it.
+        """
+        from transformers import CLIPConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
+
+        model = str(model)
+        rev, commit = _resolve_model(model, revision, cache_dir, local_files_only)
+        where = {"revision": rev, "cache_dir": cache_dir, "local_only": local_files_only}
+        try:
+            config = CLIPConfig.from_pretrained(
+                model, revision=rev, cache_dir=cache_dir, local_files_only=local_files_only
+            )
+        except Exception as err:
+            raise _load_error(model, revision, err) from err
+        vcfg, tcfg = config.vision_config, config.text_config
+        depth = min(vcfg.num_hidden_layers, tcfg.num_hidden_layers)
+        if not 1 <= k <= depth:
+            raise ValueError(f"k must be in 1..{depth} for {model!r}, got {k}")
+        image_size, mean, std = _read_preprocessing(model, **where)
+        if image_size != vcfg.image_size:
+            raise ModelLoadError(
+                f"{model!r}: preprocessor crop size {image_size} != vision image_size "
+                f"{vcfg.image_size}"
+            )
+        dev = _pick_device(device)
+        dt = _pick_dtype(dtype, dev)
+        vision = text = tokenizer = None
+        if "vision" in towers:
+            vision = _load_tower(CLIPVisionModel, model, **where)
+            vision.to(device=dev, dtype=DTYPES[dt])
+        if "text" in towers:
+            text = _load_tower(CLIPTextModel, model, **where)
+            text.to(device=dev, dtype=DTYPES[dt])
+            try:
+                tokenizer = CLIPTokenizer.from_pretrained(
+                    model, revision=rev, cache_dir=cache_dir, local_files_only=local_files_only
+                )
+            except Exception as err:
+                raise _load_error(model, revision, err) from err
+        settings = EncoderSettings(
+            model_id=model,
+            revision=commit or revision,
+            k=k,
+            image_size=image_size,
+            mean=mean,
+            std=std,
+            dtype=dt,
+            tokens_per_frame=(vcfg.image_size // vcfg.patch_size) ** 2 + 1,
+            video_dim=vcfg.hidden_size,
+            text_dim=tcfg.hidden_size,
+        )
+        log.info("loaded CLIP %s (revision %s) on %s, %s", model, settings.revision, dev, dt)
+        return cls(vision, text, tokenizer, settings, dev, tcfg.max_position_embeddings)
+
+    def normalize(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 (N, S, S, 3) RGB -> normalised float32 (N, 3, S, S) on the encoder's device."""
+        s = self.settings.image_size
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (s, s, 3):
+            raise ValueError(
+                f"frames must be uint8 (N, {s}, {s}, 3), got {frames.dtype} {frames.shape}"
+            )
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div(PIXEL_SCALE)  # (N, 3, S, S) in [0, 1]
+        return x.sub(self._mean[:, None, None]).div(self._std[:, None, None])
+
+    @torch.inference_mode()
+    def frame_hidden_states(self, frames: np.ndarray) -> torch.Tensor:
+        """One forward: uint8 (N, S, S, 3) -> (N, K, P, Dv) in the compute dtype, on device."""
+        if self.vision is None:
+            raise RuntimeError("this encoder was loaded without the vision tower")
+        pixels = self.normalize(frames).to(self._torch_dtype)
+        hidden = self.vision(pixel_values=pixels, output_hidden_states=True).hidden_states
+        return torch.stack(hidden[-self.settings.k :], dim=1)  # (N, K, P, Dv)
+
+    def encode_frames(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) RGB frames -> (N, K, P, Dv) float16 features."""
+        s = self.settings
+        out = [np.zeros((0, s.k, s.tokens_per_frame, s.video_dim), np.float16)]
+        for start in range(0, len(frames), FRAME_CHUNK):
+            feats = self.frame_hidden_states(frames[start : start + FRAME_CHUNK])
+            out.append(feats.to(torch.float16).cpu().numpy())
+        return np.concatenate(out)
+
+    def tokenize(self, texts: list[str]) -> list[tuple[list[int], bool]]:
+        """Clean and tokenize: start token, at most max_tokens - 2 tokens, end-of-text."""
+        if self.tokenizer is None:
+            raise RuntimeError("this encoder was loaded without the text tower")
+        cleaned = [clean_text(t) for t in texts]
+        ids = self.tokenizer(cleaned, add_special_tokens=False, verbose=False)["input_ids"]
+        room = self.max_tokens - 2
+        bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+        return [([bos, *seq[:room], eos], len(seq) > room) for seq in ids]
+
+    @torch.inference_mode()
+    def token_hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """One forward of unpadded token ids (B, L) -> (B, L, K, Dq) in the compute dtype."""
+        if self.text is None:
+            raise RuntimeError("this encoder was loaded without the text tower")
+        hidden = self.text(input_ids=ids.to(self.device), output_hidden_states=True).hidden_states
+        return torch.stack(hidden[-self.settings.k :], dim=2)  # (B, L, K, Dq)
+
+    def encode_texts(self, texts: list[str]) -> list[EncodedText]:
+        """Query strings -> per query (L, K, Dq) float16 features, start .. end-of-text.
+
+        Queries are batched by token length, so no padding ever enters a forward pass and
+        each query's features are what CLIP computes for it alone.
+        """
+        tokens = self.tokenize(list(texts))
+        by_length: dict[int, list[int]] = defaultdict(list)
+        for i, (ids, _) in enumerate(tokens):
+            by_length[len(ids)].append(i)
+        result: list[EncodedText | None] = [None] * len(tokens)
+        for length, members in by_length.items():
+            for start in range(0, len(members), TEXT_CHUNK):
+                chunk = members[start : start + TEXT_CHUNK]
+                ids = torch.tensor([tokens[i][0] for i in chunk])
+                feats = self.token_hidden_states(ids).to(torch.float16).cpu().numpy()
+                for row, i in enumerate(chunk):  # feats (n, L, K, Dq)
+                    result[i] = EncodedText(feats[row], length, tokens[i][1])
+        return result  # type: ignore[return-value]

@@ -1,0 +1,185 @@
+"""The Python API: load a trained checkpoint once, encode videos once, ask many questions.
+
+    from r2.api import R2Predictor
+
+    predictor = R2Predictor.from_pretrained("runs/qv/best.safetensors")
+    video = predictor.encode_video("kitchen.mp4")           # decoded + CLIP-encoded once
+    for question in ["a man opens the fridge", "someone washes dishes"]:
+        result = predictor.predict(video, question)
+        print(result.moments[:3])                            # [Moment(start, end, score), ...]
+        print(result.saliency)                               # one score in [0, 1] per clip
+
+Memory: frames are decoded and encoded in chunks of `FRAMES_PER_CHUNK`, so only the
+features (T, K, P, Dv) float16 grow with the video's length, and the model's per-frame
+stages run in chunks too; there is no maximum length.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from r2.evaluate.postprocess import postprocess_windows
+from r2.extract.decode import iter_clip_frames, probe_video
+from r2.extract.encode import ClipEncoder
+from r2.train.batch import Sample, collate
+from r2.train.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+FRAMES_PER_CHUNK = 64  # frames decoded and encoded together (bounds memory, in frames)
+
+
+@dataclass(frozen=True)
+class Moment:
+    """One predicted moment: seconds from the video's first frame, and its confidence in [0, 1]."""
+
+    start: float
+    end: float
+    score: float
+
+
+@dataclass
+class VideoFeatures:
+    """A video encoded once by the checkpoint's CLIP settings; reusable for many queries."""
+
+    path: str
+    features: np.ndarray  # (T, K, P, Dv) float16
+    duration: float  # seconds
+    fps: float  # clips per second
+
+
+@dataclass
+class Prediction:
+    """Moments (best first) and per-clip saliency for one query."""
+
+    query: str
+    duration: float
+    fps: float
+    moments: list[Moment]
+    saliency: np.ndarray  # (T,) in [0, 1]: how well each clip matches the query
+
+
+class R2Predictor:
+    """A trained R² model plus the frozen CLIP that produced its training features."""
+
+    def __init__(self, model: torch.nn.Module, meta: dict, encoder: ClipEncoder, device: str):
+        self.model = model.eval()
+        self.meta = meta
+        self.encoder = encoder
+        self.device = device
+        settings = meta["cache_settings"]
+        self.fps = float(settings["fps"])
+        self.frame_at = str(settings["frame_at"])
+        self.image_size = int(settings["image_size"])
+        preset = meta["preset"]
+        self.unit = preset.get("unit")
+        self.nms = preset.get("nms", "normal")
+        self.nms_threshold = float(preset.get("nms_threshold", 0.7))
+
+    @classmethod
+    def from_pretrained(
+        cls, checkpoint: str | Path, *, device: str = "auto", clip_model: str | None = None
+    ) -> R2Predictor:
+        """Load a checkpoint and the CLIP model its cache was extracted with.
+
+        Args:
+            checkpoint: `runs/NAME/best.safetensors` (its `.json` sits beside it) or the run folder.
+            device: "auto" (CUDA when available), "cpu" or "cuda[:i]".
+            clip_model: override where the CLIP weights are loaded from (a local folder holding the
+                same model); the checkpoint's recorded model id is used otherwise.
+
+        Returns:
+            A predictor ready for `encode_video` and `predict`.
+        """
+        device = _resolve_device(device)
+        model, meta = load_checkpoint(checkpoint, device=device)
+        settings = meta["cache_settings"]
+        encoder = ClipEncoder.load(
+            clip_model or settings["model_id"],
+            revision=None if clip_model else settings.get("revision"),
+            k=int(settings["k"]),
+            device=device,
+            dtype=settings.get("dtype"),
+        )
+        mismatches = _settings_mismatches(encoder, settings)
+        if mismatches:
+            raise ValueError(
+                f"CLIP model {clip_model or settings['model_id']} does not match the checkpoint's "
+                f"training features: {'; '.join(mismatches)}"
+            )
+        log.info("loaded %s with CLIP %s on %s", checkpoint, encoder.settings.model_id, device)
+        return cls(model, meta, encoder, device)
+
+    def encode_video(self, path: str | Path) -> VideoFeatures:
+        """Decode and CLIP-encode a video in chunks (memory bounded by the features)."""
+        probe = probe_video(path, self.fps)
+        chunks, buffer = [], []
+        for frame in iter_clip_frames(path, self.fps, self.image_size, frame_at=self.frame_at):
+            buffer.append(frame)
+            if len(buffer) == FRAMES_PER_CHUNK:
+                chunks.append(self.encoder.encode_frames(np.stack(buffer)))
+                buffer = []
+        if buffer:
+            chunks.append(self.encoder.encode_frames(np.stack(buffer)))
+        features = np.concatenate(chunks)  # (T, K, P, Dv)
+        return VideoFeatures(str(path), features, float(probe.duration), self.fps)
+
+    @torch.inference_mode()
+    def predict(self, video: VideoFeatures | str | Path, query: str, top: int | None = None) -> Prediction:
+        """Find the moments of `video` that match `query` and score every clip.
+
+        Args:
+            video: features from `encode_video`, or a video path (encoded on the fly).
+            query: a sentence in natural language.
+            top: keep only the best `top` moments (all, up to 50, by default).
+
+        Returns:
+            The post-processed moments (spec §4) and the saliency per clip in [0, 1]. The raw
+            saliency of R²-Tuning is sigmoid(class score) × cosine(clip, query), which is negative
+            when the clip's embedding points away from the query; such clips are reported as 0
+            (not relevant), which keeps the order of every relevant clip.
+        """
+        if not isinstance(video, VideoFeatures):
+            video = self.encode_video(video)
+        text = self.encoder.encode_texts([query])[0]
+        n_clips = video.features.shape[0]
+        duration = min(video.duration, n_clips / video.fps)
+        sample = Sample(
+            qid="0",
+            vid=Path(video.path).stem,
+            video=torch.from_numpy(video.features),
+            query=torch.from_numpy(text.features),
+            fps=video.fps,
+            duration=duration,
+            boundary=None,
+            saliency=None,
+            pos_clip=None,
+        )
+        batch = collate([sample]).to(self.device)
+        raw = self.model.predict(self.model(batch), batch)[0]
+        windows = postprocess_windows(
+            np.asarray(raw.boundary, dtype=np.float64), duration, self.unit, self.nms, self.nms_threshold
+        )
+        moments = [Moment(float(s), float(e), float(c)) for s, e, c in windows if c > 0]
+        saliency = np.clip(np.asarray(raw.saliency, dtype=np.float64), 0.0, 1.0)
+        return Prediction(query, duration, video.fps, moments[:top] if top else moments, saliency)
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _settings_mismatches(encoder: ClipEncoder, settings: dict) -> list[str]:
+    ours = encoder.settings
+    problems = []
+    for name in ("k", "image_size", "tokens_per_frame", "video_dim", "text_dim"):
+        if name in settings and int(getattr(ours, name)) != int(settings[name]):
+            problems.append(f"{name}: checkpoint {settings[name]} vs model {getattr(ours, name)}")
+    return problems

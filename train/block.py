@@ -1,0 +1,172 @@
+"""The R² block (spec §2.1–2.4): query-modulated spatial pooling + recurrent refinement.
+
+For step k = 1..K, using CLIP layer n (deepest first by default):
+    v = video_map([tokens ‖ tef])             (B, T, P, C)
+    q = query_map(query tokens)               (B, L, C)
+    a = softmax_P((Wq q)(Wv v)ᵀ / √C)          (B, T, L, P)
+    o = max_L(a·v + q)                         (B, T, C)
+    e = v_CLS + tanh(s_k) · o;  e = σ(g_k) · e + (1 − σ(g_k)) · h   (from step 2 on)
+    h = DecoderLayer(e, q)                     (B, T, C)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .attention import TemporalRefiner, position_encoding
+from .config import R2Config
+from .fused import Dropout, tef_norm_linear
+
+
+def _mlp(in_dims: int, dims: int, dropout: float) -> nn.Sequential:
+    """LayerNorm → Dropout → Linear → ReLU → LayerNorm → Dropout → Linear (the original's
+    `video_map` / `query_map`, indices 0..6 kept for checkpoint compatibility)."""
+    return nn.Sequential(
+        nn.LayerNorm(in_dims), Dropout(dropout), nn.Linear(in_dims, dims),
+        nn.ReLU(inplace=True), nn.LayerNorm(dims), Dropout(dropout), nn.Linear(dims, dims))
+
+
+def endpoint_features(mask: Tensor, padding_invariant: bool = False) -> Tensor:
+    """Temporal endpoint features [i/T, (i+1)/T] per clip, (B, T, 2) float32.
+
+    The original computes `arange(0, 1, 1/T)` of the PADDED length T for every sample;
+    with `padding_invariant` each sample uses its own valid length (padding rows 0).
+    """
+    b, t = mask.shape
+
+    def tef(n: int) -> Tensor:
+        start = torch.arange(0, 1, 1 / n, device=mask.device)[:n]
+        return torch.stack((start, start + 1.0 / n), dim=1)  # (n, 2)
+
+    if not padding_invariant:
+        return tef(t).unsqueeze(0).expand(b, t, 2)
+    out = torch.zeros(b, t, 2, device=mask.device)
+    for i, n in enumerate(mask.sum(1).tolist()):
+        out[i, :n] = tef(n)
+    return out
+
+
+class R2Step(nn.Module):
+    """The weights of one refinement step (shared by all steps in the released model)."""
+
+    def __init__(self, cfg: R2Config) -> None:
+        super().__init__()
+        c = cfg.dims
+        self.video_map = _mlp(cfg.video_dim + (2 if cfg.use_tef else 0), c, cfg.dropout)
+        self.query_map = _mlp(cfg.query_dim, c, cfg.dropout)
+        self.v_map = nn.Linear(c, c)
+        self.q_map = nn.Linear(c, c)
+        self.temporal = TemporalRefiner(c, cfg.heads, cfg.ffn_ratio, cfg.droppath,
+                                        cfg.attention_order, cfg.temporal_layers)
+
+    def map_video(self, frames: Tensor, tef: Tensor | None) -> Tensor:
+        """`video_map` of (F, P, Dv) frame tokens (+ (F, 2) tef) WITHOUT its last Linear:
+        returns u (F, P, C) float32 with video_map(x) = last(u) (see `pool`)."""
+        m = self.video_map
+        y = tef_norm_linear(frames, tef, m[0], m[1], m[2])  # the 770-wide part, chunked
+        return m[5](m[4](torch.relu(y)))
+
+    def pool(self, u: Tensor, q: Tensor, query_mask: Tensor,
+             mask_max: bool) -> tuple[Tensor, Tensor]:
+        """Query-modulated spatial pooling of the mapped tokens v = last(u).
+
+        Args:
+            u: (B, T, P, C) video tokens before `video_map`'s last Linear W6, b6.
+            q: (B, L, C) mapped query tokens.
+
+        Returns:
+            v_cls (B, T, C), the mapped [CLS] tokens, and o (B, T, C) = max_L(a·v + q).
+
+        Identical function, far fewer operations than the literal form: the scores
+        (Wq q)·(Wv v + bv) are ((Wq q) Wv W6)·u + a per-query constant, and a·v =
+        W6 (a·u) + b6 as the attention rows sum to 1, so neither `v_map` nor W6 runs on
+        all B·T·P tokens (when L < P; otherwise v is formed first).
+        """
+        b, t, p, c = u.shape
+        last = self.video_map[6]
+        qm = self.q_map(q)  # (B, L, C)
+        q_eff = qm @ self.v_map.weight  # (B, L, C): scores = q_eff·v + qm·bv
+        q_const = (qm * self.v_map.bias).sum(-1)  # (B, L), constant over the P tokens
+        late = q.size(1) < p  # apply W6 after pooling (fewer rows) or before
+        if late:
+            q_const = q_const + (q_eff * last.bias).sum(-1)
+            q_eff, v = q_eff @ last.weight, u
+        else:
+            v = last(u)
+        s = torch.matmul(q_eff, v.reshape(b, t * p, c).transpose(1, 2))  # (B, L, T·P)
+        s = (s.view(b, -1, t, p) + q_const[:, :, None, None]) / c**0.5
+        att = s.softmax(-1).transpose(1, 2)  # (B, T, L, P)
+        o = torch.matmul(att, v)  # (B, T, L, C)
+        o = (last(o) if late else o) + q.unsqueeze(1)
+        if mask_max:
+            o = o.masked_fill(~query_mask[:, None, :, None], float("-inf"))
+        v_cls = last(u[:, :, 0]) if late else v[:, :, 0]
+        return v_cls, o.amax(dim=2)
+
+
+@dataclass
+class BlockOutput:
+    """What the R² block hands to the pyramid, heads and calibration losses."""
+
+    hidden: Tensor  # (B, T, C) last decoder output h (before any ReLU)
+    query: Tensor  # (B, L, C) last step's mapped query tokens
+    step_cls: list[Tensor]  # per step (B, T, C): mapped [CLS] tokens v[:, :, 0]
+    step_query: list[Tensor]  # per step (B, L, C): mapped query tokens
+
+
+class R2Block(nn.Module):
+    """K refinement steps over the last K CLIP layers (see module docstring)."""
+
+    def __init__(self, cfg: R2Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n_modules = 1 if cfg.shared_block or cfg.num_steps == 1 else cfg.k
+        self.steps = nn.ModuleList(R2Step(cfg) for _ in range(n_modules))
+        if cfg.num_steps > 1:
+            self.gate = nn.Parameter(torch.zeros(cfg.num_steps - 1))
+        self.scale = nn.Parameter(torch.zeros(cfg.num_steps))
+
+    def _layer_order(self) -> list[int]:
+        """Indices 0..K−1 of the kept layers (0 = shallowest) in step order."""
+        if self.cfg.fusion != "recurrent":
+            return [0]
+        order = list(range(self.cfg.k))
+        return order[::-1] if self.cfg.direction == "reversed" else order
+
+    def _inputs(self, video: Tensor, query: Tensor, i: int) -> tuple[Tensor, Tensor]:
+        """Layer i's (B, T, P, Dv) video tokens (stored dtype) and (B, L, Dq) float query."""
+        first = video.size(2) - self.cfg.k  # feature index of the K-th layer from the end
+        if self.cfg.fusion == "mean":
+            return (video[:, :, first:].float().mean(2),
+                    query[:, :, first:].float().mean(2))
+        return video[:, :, first + i], query[:, :, first + i].float()
+
+    def forward(self, video: Tensor, query: Tensor, video_mask: Tensor,
+                query_mask: Tensor) -> BlockOutput:
+        """video (B, T, Kf, P, Dv), query (B, L, Kf, Dq) with Kf ≥ K; masks bool."""
+        cfg = self.cfg
+        if video.size(2) < cfg.k or query.size(2) < cfg.k:
+            raise ValueError(f"the features hold {video.size(2)} video / {query.size(2)} query "
+                             f"layers but the model uses k={cfg.k}")
+        b, t = video_mask.shape
+        inv = cfg.padding_invariant
+        tef = endpoint_features(video_mask, inv).reshape(b * t, 2) if cfg.use_tef else None
+        pe = position_encoding(video_mask, cfg.dims, inv)  # (B, T, C), same every step
+        h, step_cls, step_query = None, [], []
+        for j, i in enumerate(self._layer_order()):
+            step = self.steps[i if len(self.steps) > 1 else 0]
+            frames, q_in = self._inputs(video, query, i)
+            u = step.map_video(frames.flatten(0, 1), tef).view(b, t, -1, cfg.dims)
+            q = step.query_map(q_in)  # (B, L, C)
+            v_cls, o = step.pool(u, q, query_mask, inv)
+            step_cls.append(v_cls)
+            step_query.append(q)
+            e = v_cls + o * self.scale[i].tanh()
+            if j > 0:
+                g = self.gate[i if cfg.direction == "reversed" else i - 1].sigmoid()
+                e = g * e + (1 - g) * h
+            h = step.temporal(e, q, pe, video_mask, query_mask)
+        return BlockOutput(hidden=h, query=q, step_cls=step_cls, step_query=step_query)

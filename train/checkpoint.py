@@ -1,0 +1,421 @@
+"""Checkpoints: model weights + metadata, and the full training state for `--resume`.
+
+Files of a run directory (every write is atomic: temporary file, fsync, `os.replace`, so a
+process killed at any instant leaves either the old or the new file, never a broken one):
+
+- `best.safetensors` / `last.safetensors`: model weights; the metadata (model config,
+  preset, cache settings, metrics, r2 version, epoch, step) is stored INSIDE the file
+  (safetensors header, key "r2_meta"), so loading needs no other file. `best.json` /
+  `last.json` are human-readable copies of that metadata.
+- `resume.safetensors`: weights, AdamW state tensors, the torch RNG states, and (header)
+  the optimizer hyperparameters, python/numpy RNG states, loop position and run settings.
+
+Nothing is ever unpickled: tensors go through safetensors, everything else through JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from r2.cache import CacheSettings
+from safetensors import safe_open
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from r2 import __version__
+
+from .config import R2Config, TrainPreset
+from .model import R2Model
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1  # bump on any incompatible change of the metadata layout
+META_KEY = "r2_meta"  # safetensors header key holding the JSON metadata
+CONVERTED_KEY = "r2_config"  # header key of `r2 convert` output (model config only)
+WEIGHTS_SUFFIX = ".safetensors"
+# Cache settings that must equal the checkpoint's (k is checked separately: cache K >= model K).
+MUST_MATCH = ("model_id", "fps", "frame_at", "image_size", "mean", "std",
+              "tokens_per_frame", "video_dim", "text_dim")  # fmt: skip
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be read or used; the message names the file and the reason."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint does not fit the features at hand; `differences` lists every one."""
+
+    def __init__(self, message: str, differences: list[str]):
+        super().__init__(message)
+        self.differences = differences
+
+
+# ---------------------------------------------------------------- atomic file writes
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (tmp file in the same folder, fsync, os.replace)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # pragma: no cover - e.g. platforms without directory fsync
+        pass
+
+
+def _json_dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True, allow_nan=False, default=_json_default)
+
+
+def _json_default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """`runs/x` -> `runs/x/best.safetensors`; `runs/x/best` or `best.json` -> `.safetensors`."""
+    p = Path(path)
+    if p.is_dir():
+        return p / f"best{WEIGHTS_SUFFIX}"
+    if p.suffix == ".json":
+        return p.with_suffix(WEIGHTS_SUFFIX)
+    if p.suffix == WEIGHTS_SUFFIX:
+        return p
+    return p.with_name(p.name + WEIGHTS_SUFFIX)
+
+
+# ---------------------------------------------------------------- model checkpoints
+
+
+def build_meta(
+    cfg: R2Config,
+    preset: TrainPreset,
+    cache_settings: CacheSettings,
+    cache_attrs: dict | None = None,
+    **extra: Any,
+) -> dict:
+    """The metadata stored with every checkpoint (extra: epoch, step, metrics, ...)."""
+    attrs = {
+        k: v
+        for k, v in (cache_attrs or {}).items()
+        if k in ("format_version", "r2_version", "created")
+    }
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "r2_version": __version__,
+        "config": dataclasses.asdict(cfg),
+        "preset": dataclasses.asdict(preset),
+        "cache_settings": dataclasses.asdict(cache_settings),
+        "cache_attrs": attrs,
+    }
+    meta.update(extra)
+    return json.loads(_json_dumps(meta))  # normalise: tuples -> lists, numpy -> python
+
+
+def _state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Detached contiguous CPU copies (safetensors refuses shared or strided storage)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: dict) -> Path:
+    """Save weights + metadata to `<path>.safetensors` (atomic) and a `<path>.json` copy.
+
+    Args:
+        path: target with or without the `.safetensors` suffix (e.g. `runs/x/best`).
+        model: the model whose `state_dict` is saved.
+        meta: JSON-serialisable metadata (see `build_meta`); saved in the weights file.
+
+    Returns:
+        The path of the weights file.
+    """
+    p = Path(path)
+    p = p if p.suffix == WEIGHTS_SUFFIX else p.with_name(p.name + WEIGHTS_SUFFIX)
+    text = _json_dumps({**meta, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    atomic_write_bytes(p, st_save(_state_tensors(model), metadata={META_KEY: text}))
+    atomic_write_bytes(p.with_suffix(".json"), (text + "\n").encode())
+    return p
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The metadata of a checkpoint (from the weights file's header), without loading it."""
+    p = resolve_path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint not found")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise CheckpointError(f"{p}: not a readable safetensors checkpoint: {exc}") from exc
+    if META_KEY not in header and CONVERTED_KEY in header:  # `r2 convert` output
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": json.loads(header[CONVERTED_KEY]),
+            "cache_settings": None,
+            "converted_from": header.get("source"),
+        }
+    if META_KEY not in header:
+        raise CheckpointError(
+            f"{p}: no r2 metadata in the file (not an r2 checkpoint; "
+            "convert original weights with `r2 convert`)"
+        )
+    meta = json.loads(header[META_KEY])
+    if meta.get("format", 0) > CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{p}: checkpoint format {meta.get('format')} is newer than this "
+            f"r2 ({__version__}) understands ({CHECKPOINT_FORMAT}); upgrade r2"
+        )
+    return meta
+
+
+def config_from_meta(meta: dict) -> R2Config:
+    """The `R2Config` stored in checkpoint metadata (unknown fields are an error)."""
+    known = {f.name for f in dataclasses.fields(R2Config)}
+    unknown = sorted(set(meta["config"]) - known)
+    if unknown:
+        raise CheckpointError(f"checkpoint config has fields this r2 does not know: {unknown}")
+    return R2Config(**meta["config"])
+
+
+def preset_from_meta(meta: dict) -> TrainPreset:
+    """The (possibly overridden) `TrainPreset` stored in checkpoint metadata."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["preset"].items()}
+    return TrainPreset(**values)
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[R2Model, dict]:
+    """Load a model checkpoint; the model config comes from the file itself.
+
+    Args:
+        path: a `.safetensors` checkpoint, its `.json` twin, its stem, or a run directory
+            (then `best.safetensors` inside it).
+        device: where to put the model.
+
+    Returns:
+        (model in eval mode, metadata dict).
+
+    Raises:
+        CheckpointError: missing, corrupt, not an r2 checkpoint, or weights not matching
+            the stored config.
+    """
+    p = resolve_path(path)
+    meta = read_meta(p)
+    model = R2Model(config_from_meta(meta))
+    state = st_load(p.read_bytes())
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{p}: weights do not match the stored model config: {exc}") from exc
+    return model.to(device).eval(), meta
+
+
+def check_cache_compatible(meta: dict, cache_settings: CacheSettings) -> list[str]:
+    """Refuse features the checkpoint's model was not trained on.
+
+    The CLIP model, fps, frame choice, preprocessing and feature sizes must equal the
+    checkpoint's; the cache must hold at least the model's K layers (the model uses the
+    last K). A different encoder compute dtype or unknown revision is only warned about.
+
+    Returns:
+        Warnings (already logged) about differences that do not prevent use.
+
+    Raises:
+        CheckpointMismatchError: listing every incompatible setting (checkpoint vs cache).
+    """
+    model_k = int(meta["config"]["k"])
+    if not meta.get("cache_settings"):  # converted original weights: only sizes are known
+        return _check_sizes_only(meta["config"], cache_settings)
+    trained = CacheSettings(**meta["cache_settings"])
+    diffs = [
+        f"{name}: {getattr(trained, name)!r} (checkpoint) vs "
+        f"{getattr(cache_settings, name)!r} (cache)"
+        for name in MUST_MATCH
+        if getattr(trained, name) != getattr(cache_settings, name)
+    ]
+    if cache_settings.k < model_k:
+        diffs.append(
+            f"k: the model uses {model_k} CLIP layers, the cache holds only {cache_settings.k}"
+        )
+    if trained.revision and cache_settings.revision and trained.revision != cache_settings.revision:
+        diffs.append(
+            f"revision: {trained.revision!r} (checkpoint) vs {cache_settings.revision!r} (cache)"
+        )
+    if diffs:
+        raise CheckpointMismatchError(
+            "the checkpoint was trained on features made with other settings:\n  - "
+            + "\n  - ".join(diffs),
+            diffs,
+        )
+    warnings = []
+    if trained.dtype != cache_settings.dtype:
+        warnings.append(
+            f"encoder dtype {trained.dtype} (checkpoint) vs {cache_settings.dtype} "
+            "(cache): features differ slightly"
+        )
+    if trained.revision != cache_settings.revision:
+        warnings.append(
+            f"model revision {trained.revision!r} (checkpoint) vs "
+            f"{cache_settings.revision!r} (cache): cannot verify identical weights"
+        )
+    for w in warnings:
+        log.warning("%s", w)
+    return warnings
+
+
+def _check_sizes_only(config: dict, cache_settings: CacheSettings) -> list[str]:
+    """Compatibility of a checkpoint without cache settings: feature widths and K."""
+    s = cache_settings
+    diffs = [f"{what}: {config[key]} (checkpoint) vs {getattr(s, attr)} (cache)"
+             for what, key, attr in (("video width", "video_dim", "video_dim"),
+                                     ("text width", "query_dim", "text_dim"))
+             if int(config[key]) != getattr(s, attr)]  # fmt: skip
+    if s.k < int(config["k"]):
+        diffs.append(f"k: the model uses {config['k']} CLIP layers, the cache holds only {s.k}")
+    if diffs:
+        raise CheckpointMismatchError(
+            "the checkpoint does not fit the cache's features:\n  - " + "\n  - ".join(diffs), diffs
+        )
+    warning = (
+        "the checkpoint records no cache settings (converted weights): only feature "
+        "widths and K were checked; CLIP model, fps and preprocessing are unverified"
+    )
+    log.warning("%s", warning)
+    return [warning]
+
+
+# ---------------------------------------------------------------- training state (resume)
+
+
+def capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
+    """All RNG states: (tensors for safetensors, JSON-able part)."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, internal, gauss_next = random.getstate()
+    return tensors, {
+        "numpy": [name, int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(internal), gauss_next],
+    }
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], info: dict) -> None:
+    """Inverse of `capture_rng`."""
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    name, pos, has_gauss, gauss = info["numpy"]
+    np.random.set_state(
+        (name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss)
+    )
+    version, internal, gauss_next = info["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def save_training_state(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    info: dict,
+    scaler: torch.amp.GradScaler | None = None,
+) -> Path:
+    """Atomically save everything needed to continue training exactly (see module doc).
+
+    Args:
+        path: the file to write (e.g. `runs/x/resume.safetensors`).
+        info: JSON-able loop state (epoch, step, position, best metric, settings, ...).
+    """
+    tensors = {f"model.{k}": v for k, v in _state_tensors(model).items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict] = {}
+    for pid, pstate in opt["state"].items():
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{key}"] = value.detach().to("cpu", copy=True).contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    rng_tensors, rng_info = capture_rng()
+    tensors.update(rng_tensors)
+    header = {
+        "format": CHECKPOINT_FORMAT,
+        "r2_version": __version__,
+        "info": info,
+        "param_groups": opt["param_groups"],
+        "optim_scalars": scalars,
+        "rng": rng_info,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+    }
+    p = Path(path)
+    atomic_write_bytes(p, st_save(tensors, metadata={META_KEY: _json_dumps(header)}))
+    return p
+
+
+def load_training_state(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict:
+    """Restore model, optimizer, grad scaler and RNG states saved by `save_training_state`.
+
+    Returns:
+        The `info` dict given at save time.
+    """
+    p = Path(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            header = json.loads((f.metadata() or {})[META_KEY])
+        tensors = st_load(p.read_bytes())
+    except Exception as exc:
+        raise CheckpointError(f"{p}: unreadable training state: {exc}") from exc
+    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    model.load_state_dict(model_state, strict=True)
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for pid, values in header["optim_scalars"].items():
+        state.setdefault(int(pid), {}).update(values)
+    groups = header["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    if scaler is not None and header.get("scaler"):
+        scaler.load_state_dict(header["scaler"])
+    restore_rng(tensors, header["rng"])
+    return header["info"]

@@ -1,0 +1,354 @@
+"""The training loop (spec §5): AdamW, linear warm-up then step LR drop, gradient clipping,
+autocast on CUDA, per-epoch validation, checkpoints and an exact resume.
+
+Exactness of `--resume`: the learning rate is a pure function of (step, epoch); data order
+and positive-clip draws are functions of (seed, epoch, index) (see `data.py`); the model's
+dropout draws come from the torch RNG, whose state is saved with the optimizer after every
+checkpointed step. A resumed run therefore replays the remaining steps bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from r2.evaluate import evaluate_records
+from r2.evaluate.inference import predict_items
+from tqdm import tqdm
+
+from .batch import Batch
+from .checkpoint import atomic_write_bytes, save_checkpoint, save_training_state
+from .config import TrainPreset
+from .data import EpochBatchSampler, FeatureSource, Item
+
+log = logging.getLogger(__name__)
+
+KEY_METRICS = {  # the validation metric that selects best.safetensors (higher is better)
+    "qvhighlights": "MR-full-mAP",  # the official engine's first key (moment retrieval mAP)
+    "charades": "mIoU", "tacos": "mIoU", "ego4d": "mIoU",  # the official's first present key
+    "youtube": "mAP", "tvsum": "mAP",  # highlight detection mAP (per-domain average)
+}  # fmt: skip
+LOG_EVERY = 10  # optimizer steps between two "train" lines of log.jsonl
+RESUME_FILE = "resume.safetensors"
+LOG_FILE = "log.jsonl"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or, without a grad scaler, the gradient norm) became NaN/inf."""
+
+
+def learning_rate(preset: TrainPreset, step: int, epoch: int) -> float:
+    """LR of optimizer step `step` (0-based, global) in epoch `epoch` (0-based).
+
+    Step policy per epoch: lr × `lr_drop_factor` from `lr_drop_epoch` on. Linear warm-up
+    per iteration (the original's nncore rule): for step < warmup_iters the LR is
+    lr × (1 − (1 − warmup_ratio) × (1 − step / warmup_iters)), i.e. warmup_ratio × lr at
+    step 0 rising linearly towards lr.
+    """
+    lr = preset.lr
+    if preset.lr_drop_epoch is not None and epoch >= preset.lr_drop_epoch:
+        lr *= preset.lr_drop_factor
+    if step < preset.warmup_iters:
+        lr *= 1 - (1 - preset.warmup_ratio) * (1 - step / preset.warmup_iters)
+    return lr
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" -> cuda if available, else cpu; anything else as given (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision: "auto" = fp16 on CUDA (the original), none elsewhere."""
+    choices = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if amp == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    if amp not in choices:
+        raise ValueError(f"amp must be one of auto, off, fp16, bf16; got {amp!r}")
+    if choices[amp] is not None and device.type != "cuda":
+        raise ValueError(f"--amp {amp} needs a CUDA device (training runs on {device})")
+    return choices[amp]
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; saved in the resume state."""
+
+    epoch: int = 0  # current epoch (0-based)
+    batch: int = 0  # batches of the current epoch already done
+    step: int = 0  # optimizer steps done in total
+    best: float | None = None  # best key-metric value so far
+    best_epoch: int | None = None
+
+
+@dataclass
+class Run:
+    """Everything the loop needs (built by `r2.train.train`)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loader: torch.utils.data.DataLoader
+    sampler: EpochBatchSampler
+    preset: TrainPreset
+    device: torch.device
+    out: Path
+    meta: dict  # checkpoint metadata (config, preset, cache, settings)
+    amp_dtype: torch.dtype | None = None
+    val_items: list[Item] | None = None
+    val_features: FeatureSource | None = None
+    fps: float = 0.5
+    workers: int = 0
+    preload: str = "none"
+    save_every: int = 0
+    max_steps: int | None = None
+    on_step: Callable[[int], None] | None = None
+    state: LoopState = field(default_factory=LoopState)
+
+    @property
+    def key_metric(self) -> str:
+        return KEY_METRICS.get(self.preset.name, "mAP")
+
+
+def append_log(run: Run, record: dict) -> None:
+    """One JSON line in `log.jsonl`."""
+    with open(run.out / LOG_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, allow_nan=True) + "\n")
+
+
+def trim_log(path: Path, state: LoopState) -> None:
+    """Drop log lines a resumed run will write again (after the resume point)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        # val records count epochs from 1; state.epoch = epochs finished
+        if rec.get("step", 0) > state.step or (
+            rec.get("event") == "val" and rec.get("epoch", 0) > state.epoch
+        ):
+            continue
+        keep.append(line)
+    atomic_write_bytes(path, "".join(x + "\n" for x in keep).encode())
+
+
+def last_good_checkpoint(run: Run) -> str:
+    for name in (RESUME_FILE, "last.safetensors"):
+        if (run.out / name).exists():
+            return str(run.out / name)
+    return "none yet (no checkpoint was written before this step)"
+
+
+def train_step(run: Run, batch: Batch) -> tuple[dict[str, float], float]:
+    """Forward, losses, backward, clip, optimizer step. Returns (losses, grad norm)."""
+    model, opt, scaler = run.model, run.optimizer, run.scaler
+    model.train()
+    batch = batch.to(run.device)
+    with torch.autocast(
+        run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None
+    ):
+        losses = model.losses(model(batch), batch)
+    total = sum(losses.values())
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    values["loss"] = float(total.detach())
+    if not math.isfinite(values["loss"]):
+        raise NonFiniteLossError(_nonfinite_message(run, batch, "loss", values))
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    scaler.unscale_(opt)
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = float(torch.nn.utils.clip_grad_norm_(params, run.preset.grad_clip))
+    if not math.isfinite(norm) and not scaler.is_enabled():
+        raise NonFiniteLossError(
+            _nonfinite_message(run, batch, "gradient norm", {**values, "grad_norm": norm})
+        )
+    scaler.step(opt)  # with fp16 the scaler skips steps with inf/nan gradients
+    scaler.update()
+    return values, norm
+
+
+def _nonfinite_message(run: Run, batch: Batch, what: str, values: dict) -> str:
+    s = run.state
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+    return (
+        f"non-finite {what} at step {s.step + 1} (epoch {s.epoch + 1}, batch {s.batch + 1}):"
+        f" {shown}; batch qids: {batch.qids}. Training stopped; the last good checkpoint "
+        f"is {last_good_checkpoint(run)} (continue with --resume, e.g. with a lower --lr, "
+        "or check the features of these queries)."
+    )
+
+
+def run_epoch(run: Run) -> bool:
+    """Train the rest of the current epoch. Returns False if stopped by `max_steps`."""
+    s, preset = run.state, run.preset
+    run.sampler.set_epoch(s.epoch, s.batch)
+    total = run.sampler.batches_per_epoch
+    bar = tqdm(
+        total=total,
+        initial=s.batch,
+        desc=f"epoch {s.epoch + 1}/{preset.epochs}",
+        unit="batch",
+        disable=None,
+        dynamic_ncols=True,
+    )
+    t0, n_samples = time.perf_counter(), 0
+    for batch in run.loader:
+        lr = learning_rate(preset, s.step, s.epoch)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        values, norm = train_step(run, batch)
+        s.batch += 1
+        s.step += 1
+        n_samples += batch.size
+        rate = n_samples / max(time.perf_counter() - t0, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.1f}")
+        if s.step % LOG_EVERY == 0 or s.batch == total:
+            append_log(
+                run,
+                {
+                    "event": "train",
+                    "epoch": s.epoch + 1,
+                    "step": s.step,
+                    "batch": s.batch,
+                    "lr": lr,
+                    "grad_norm": norm,
+                    "samples_per_s": round(rate, 2),
+                    **values,
+                },
+            )
+        if run.save_every and s.step % run.save_every == 0 and s.batch < total:
+            save_resume(run)
+        if run.on_step is not None:
+            run.on_step(s.step)
+        if run.max_steps is not None and s.step >= run.max_steps and s.batch < total:
+            bar.close()
+            save_resume(run)
+            log.info("stopped after %d steps (--max-steps); continue with --resume", s.step)
+            return False
+    bar.close()
+    return True
+
+
+@torch.no_grad()
+def validate(run: Run) -> dict[str, float]:
+    """Predict the validation items (B = 1 semantics), post-process, score."""
+    rows = predict_items(
+        run.model,
+        run.val_features,
+        run.val_items,
+        run.preset,
+        run.fps,
+        device=run.device,
+        workers=run.workers,
+        preload=run.preload,
+    )
+    gt = [it.anno.data for it in run.val_items]
+    return evaluate_records(rows, gt, dataset=run.preset.name)
+
+
+def save_resume(run: Run) -> None:
+    info = {"loop": asdict(run.state), "settings": run.meta.get("settings", {})}
+    save_training_state(run.out / RESUME_FILE, run.model, run.optimizer, info, run.scaler)
+
+
+def end_epoch(run: Run) -> None:
+    """Validate, write last/best checkpoints, log, then the resume state of the next epoch."""
+    s = run.state
+    metrics: dict[str, float] = {}
+    if run.val_items:
+        metrics = validate(run)
+    key = run.key_metric
+    value = metrics.get(key)
+    improved = value is not None and (s.best is None or value > s.best)
+    if improved:
+        s.best, s.best_epoch = value, s.epoch + 1
+    meta = {
+        **run.meta,
+        "epoch": s.epoch + 1,
+        "step": s.step,
+        "metrics": metrics,
+        "key_metric": key,
+        "best": s.best,
+        "best_epoch": s.best_epoch,
+    }
+    save_checkpoint(run.out / "last", run.model, meta)
+    if improved or not run.val_items:
+        save_checkpoint(run.out / "best", run.model, meta)
+    append_log(
+        run,
+        {
+            "event": "val",
+            "epoch": s.epoch + 1,
+            "step": s.step,
+            "key": key,
+            "value": value,
+            "best": s.best,
+            "best_epoch": s.best_epoch,
+            **metrics,
+        },
+    )
+    if run.val_items:
+        log.info(
+            "epoch %d: %s = %s (best %s at epoch %s)", s.epoch + 1, key, value, s.best, s.best_epoch
+        )
+    s.epoch += 1
+    s.batch = 0
+    save_resume(run)
+
+
+def fit(run: Run) -> dict[str, Any]:
+    """Train from `run.state` to the preset's last epoch (or `max_steps`).
+
+    Returns:
+        Summary: finished (bool), epoch, step, best value/epoch, key metric, output paths.
+
+    Raises:
+        NonFiniteLossError: NaN/inf loss; names the step, the batch's qids and the last
+            good checkpoint.
+    """
+    s = run.state
+    finished = True
+    while s.epoch < run.preset.epochs:
+        if not run_epoch(run):
+            finished = False
+            break
+        end_epoch(run)
+        if run.max_steps is not None and s.step >= run.max_steps:
+            finished = s.epoch >= run.preset.epochs
+            break
+    return {
+        "finished": finished,
+        "epoch": s.epoch,
+        "step": s.step,
+        "best": s.best,
+        "best_epoch": s.best_epoch,
+        "key_metric": run.key_metric,
+        "best_checkpoint": str(run.out / "best.safetensors"),
+        "last_checkpoint": str(run.out / "last.safetensors"),
+        "log": str(run.out / LOG_FILE),
+    }
