@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from r2.train.attention import position_encoding
 from r2.train.block import BlockOutput, R2Block
+from torch import Tensor
 
 
 def _mlp(seq, x: Tensor) -> Tensor:
@@ -24,8 +23,9 @@ def _mlp(seq, x: Tensor) -> Tensor:
     return seq[6](F.dropout(x, seq[5].p, seq[5].training))
 
 
-def original_block_forward(block: R2Block, video: Tensor, query: Tensor, video_mask: Tensor,
-                           query_mask: Tensor) -> BlockOutput:
+def original_block_forward(
+    block: R2Block, video: Tensor, query: Tensor, video_mask: Tensor, query_mask: Tensor
+) -> BlockOutput:
     """The original adapter forward (default config: shared, reversed, recurrent)."""
     cfg, step = block.cfg, block.steps[0]
     k = cfg.k

@@ -25,7 +25,6 @@ import time
 from functools import partial
 
 import torch
-
 from r2.train.batch import Sample, collate
 from r2.train.config import R2Config
 from r2.train.model import R2Model
@@ -42,11 +41,20 @@ def make_batch(batch_size: int, seed: int = 0):
         query = torch.randn(L_TOKENS, K_LAYERS, DQ, generator=g).half()
         start = float(torch.randint(0, T_CLIPS - 10, (1,), generator=g)) / FPS
         saliency = torch.zeros(T_CLIPS)
-        saliency[int(start * FPS):int(start * FPS) + 5] = torch.rand(5, generator=g) + 0.1
-        samples.append(Sample(
-            qid=str(i), vid=f"v{i}", video=video, query=query, fps=FPS,
-            duration=T_CLIPS / FPS, boundary=torch.tensor([[start, start + 10.0]]),
-            saliency=saliency, pos_clip=int(start * FPS) + 2))
+        saliency[int(start * FPS) : int(start * FPS) + 5] = torch.rand(5, generator=g) + 0.1
+        samples.append(
+            Sample(
+                qid=str(i),
+                vid=f"v{i}",
+                video=video,
+                query=query,
+                fps=FPS,
+                duration=T_CLIPS / FPS,
+                boundary=torch.tensor([[start, start + 10.0]]),
+                saliency=saliency,
+                pos_clip=int(start * FPS) + 2,
+            )
+        )
     return collate(samples)
 
 
@@ -60,14 +68,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after 1 warm-up)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--original", action="store_true",
-                    help="run the R² block the way the original computes it (A/B baseline)")
+    ap.add_argument(
+        "--original",
+        action="store_true",
+        help="run the R² block the way the original computes it (A/B baseline)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     batch = make_batch(args.batch)
-    print(f"batch ready: video {tuple(batch.video.shape)} {batch.video.dtype}, "
-          f"peak RSS so far {peak_rss_mb():.0f} MB")
+    print(
+        f"batch ready: video {tuple(batch.video.shape)} {batch.video.dtype}, "
+        f"peak RSS so far {peak_rss_mb():.0f} MB"
+    )
     model = R2Model(R2Config()).train()
     if args.original:
         from original_block import original_block_forward
@@ -85,15 +98,19 @@ def main() -> None:
         opt.step()
         dt, cpu = time.perf_counter() - t0, (time.process_time() - c0) / args.threads
         times.append((dt, cpu))
-        print(f"step {step}{' (warm-up)' if step == 0 else ''}: {dt:.2f} s wall, "
-              f"{cpu:.2f} s CPU/thread, loss {loss.item():.4f}")
+        print(
+            f"step {step}{' (warm-up)' if step == 0 else ''}: {dt:.2f} s wall, "
+            f"{cpu:.2f} s CPU/thread, loss {loss.item():.4f}"
+        )
     timed = times[1:] or times
     wall, cpu = (sum(t[i] for t in timed) / len(timed) for i in (0, 1))
-    print(f"{'original-style' if args.original else 'r2'} "
-          f"threads={args.threads} B={args.batch} T={T_CLIPS} L={L_TOKENS} K={K_LAYERS}: "
-          f"{wall:.2f} s/step wall (min {min(t[0] for t in timed):.2f}), "
-          f"{cpu:.2f} s/step CPU per thread, peak RSS {peak_rss_mb():.0f} MB, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"{'original-style' if args.original else 'r2'} "
+        f"threads={args.threads} B={args.batch} T={T_CLIPS} L={L_TOKENS} K={K_LAYERS}: "
+        f"{wall:.2f} s/step wall (min {min(t[0] for t in timed):.2f}), "
+        f"{cpu:.2f} s/step CPU per thread, peak RSS {peak_rss_mb():.0f} MB, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
 
 
 if __name__ == "__main__":

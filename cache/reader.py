@@ -12,6 +12,10 @@ import numpy as np
 from . import layout as L
 from .records import CacheError, CacheSettings, QueryRecord, VideoRecord
 
+# Handles inherited from a parent process: kept referenced so that a child never closes
+# (or otherwise touches) HDF5 state that belongs to its parent.
+_INHERITED_HANDLES: list[h5py.File] = []
+
 
 def read_settings(path: str | os.PathLike) -> CacheSettings:
     """The settings a cache was built with.
@@ -40,19 +44,28 @@ class FeatureCache:
             self.settings: CacheSettings = L.settings_from_attrs(self.attrs, self.path)
             self._index = L.load_index(f, self.path)
         self._h5: h5py.File | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}
         self._pid: int | None = None
 
-    def _file(self) -> h5py.File:
-        """This process's HDF5 handle (h5py objects must never cross a fork)."""
+    def _dataset(self, name: str) -> h5py.Dataset:
+        """Dataset `name` of this process's HDF5 handle (h5py objects never cross a fork)."""
         if self._h5 is None or self._pid != os.getpid():
-            self._h5 = None  # a parent's handle is dropped, never used or closed here
+            if self._h5 is not None:  # a parent's handle: never used, never closed here
+                _INHERITED_HANDLES.append(self._h5)
+            self._h5, self._datasets = None, {}
             self._h5 = L.open_h5_read(self.path)
             self._pid = os.getpid()
-        return self._h5
+        if name not in self._datasets:
+            self._datasets[name] = self._h5[name]
+        return self._datasets[name]
 
     def _rows(self, dataset: str, start: int, n: int, what: str) -> np.ndarray:
         try:
-            rows = self._file()[dataset][start : start + n]  # one contiguous slice
+            try:
+                rows = self._dataset(dataset)[start : start + n]  # one contiguous slice
+            except OSError:  # e.g. metadata caught mid-update by a writer that started later
+                self.close()
+                rows = self._dataset(dataset)[start : start + n]
         except (OSError, KeyError, ValueError) as exc:
             raise CacheError(f"{self.path}: cannot read the features of {what}: {exc}") from exc
         if len(rows) != n:
@@ -125,11 +138,12 @@ class FeatureCache:
         """Close this process's handle (idempotent; reading again reopens)."""
         if self._h5 is not None and self._pid == os.getpid():
             self._h5.close()
-        self._h5 = None
+        self._h5, self._datasets = None, {}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_h5"] = state["_pid"] = None
+        state["_datasets"] = {}
         return state
 
     def __enter__(self) -> FeatureCache:

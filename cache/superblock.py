@@ -91,15 +91,15 @@ def _parse(head: bytes) -> tuple[int, int]:
         raise SuperblockError("no HDF5 signature at the start of the file")
     version, size_offsets = head[8], head[9]
     if version not in (2, 3):
-        raise SuperblockError(f"superblock version {version} (r2 caches use version 3)")
+        raise SuperblockError(f"HDF5 superblock version {version} (r2 caches use version 3)")
     if size_offsets not in (2, 4, 8, 16, 32):
-        raise SuperblockError(f"invalid size of offsets {size_offsets}")
+        raise SuperblockError(f"invalid HDF5 superblock (size of offsets {size_offsets})")
     body = FIXED_PREFIX + 4 * size_offsets
     if len(head) < body + 4:
-        raise SuperblockError("truncated superblock")
+        raise SuperblockError("truncated HDF5 superblock")
     stored = int.from_bytes(head[body : body + 4], "little")
     if stored != lookup3(head[:body]):
-        raise SuperblockError("superblock checksum mismatch")
+        raise SuperblockError("HDF5 superblock checksum mismatch")
     return size_offsets, body
 
 
@@ -110,20 +110,25 @@ def read_flags(fd: int) -> int:
     return head[FLAGS_OFFSET]
 
 
-def clear_stale_flags(fd: int) -> bool:
-    """Clear set consistency flags and raise the EOA to the file size; True if anything changed.
+def clear_stale_flags(fd: int) -> tuple[bytes, int] | None:
+    """Clear set consistency flags and raise the EOA to the file size.
 
     Args:
         fd: a descriptor of the HDF5 file opened for reading and writing, whose writer lock
             the caller holds.
 
+    Returns:
+        None if the flags were clear (nothing changed), else a backup (the original
+        superblock bytes and file size) for `restore_superblock`.
+
     Raises:
         SuperblockError: the file has no valid version-2/3 superblock at offset 0.
     """
-    head = bytearray(os.pread(fd, 256, 0))
-    size_offsets, body = _parse(bytes(head))
-    if head[FLAGS_OFFSET] == 0:
-        return False
+    original = os.pread(fd, 256, 0)
+    size_offsets, body = _parse(original)
+    if original[FLAGS_OFFSET] == 0:
+        return None
+    head = bytearray(original[: body + 4])
     eoa_at = FIXED_PREFIX + 2 * size_offsets
     eoa = int.from_bytes(head[eoa_at : eoa_at + size_offsets], "little")
     eof = os.fstat(fd).st_size
@@ -133,5 +138,12 @@ def clear_stale_flags(fd: int) -> bool:
     head[FLAGS_OFFSET] = 0
     head[eoa_at : eoa_at + size_offsets] = new_eoa.to_bytes(size_offsets, "little")
     head[body : body + 4] = lookup3(bytes(head[:body])).to_bytes(4, "little")
-    os.pwrite(fd, bytes(head[: body + 4]), 0)
-    return True
+    os.pwrite(fd, bytes(head), 0)
+    return original[: body + 4], eof
+
+
+def restore_superblock(fd: int, backup: tuple[bytes, int]) -> None:
+    """Undo `clear_stale_flags`: the file is byte-for-byte as before."""
+    head, size = backup
+    os.pwrite(fd, head, 0)
+    os.ftruncate(fd, size)

@@ -57,8 +57,15 @@ def evaluate(
     Raises:
         EvalInputError: unreadable or invalid input, naming file, line and field.
     """
-    return _score(read_rows(pred_path), read_rows(gt_path), dataset, allow_partial,
-                  by_query_length, str(pred_path), str(gt_path))  # fmt: skip
+    return _score(
+        read_rows(pred_path),
+        read_rows(gt_path),
+        dataset,
+        allow_partial,
+        by_query_length,
+        str(pred_path),
+        str(gt_path),
+    )
 
 
 def evaluate_records(
@@ -75,8 +82,9 @@ def evaluate_records(
     """
     preds = rows_from_dicts(predictions, source="predictions")
     gts = rows_from_dicts(ground_truth, source="ground truth")
-    return _score(preds, gts, dataset, allow_partial, by_query_length,
-                  "predictions", "ground truth")  # fmt: skip
+    return _score(
+        preds, gts, dataset, allow_partial, by_query_length, "predictions", "ground truth"
+    )
 
 
 def _score(

@@ -1,8 +1,10 @@
-"""`r2 eval`: score a prediction file against ground truth, print a table, write JSON.
+"""`r2 eval`: score predictions against ground truth, print a table, write JSON.
 
-Every option is optional at the typer level and checked here, so a later
-``--checkpoint/--cache/--anno`` mode (inference, then scoring) can be added beside
-``--pred/--gt`` without changing them.
+Two modes:
+    r2 eval --pred PRED.jsonl --gt GT.jsonl [--dataset D] [--out metrics.json]
+    r2 eval --checkpoint runs/NAME --cache cache/x.h5 --anno SPLIT.jsonl [--out DIR]
+The second runs inference first, writes DIR/predictions.jsonl (QVHighlights submission
+format) and, when the split has ground truth, DIR/metrics.json.
 """
 
 from __future__ import annotations
@@ -33,10 +35,15 @@ def _write_json(path: Path, data: dict) -> None:
 def eval_command(
     pred: Annotated[
         Path | None,
-        typer.Option("--pred", help="Predictions, JSON Lines (QVHighlights submission format).", dir_okay=False),
+        typer.Option(
+            "--pred",
+            help="Predictions, JSON Lines (QVHighlights submission format).",
+            dir_okay=False,
+        ),
     ] = None,
     gt: Annotated[
-        Path | None, typer.Option("--gt", help="Ground-truth annotations, JSON Lines.", dir_okay=False)
+        Path | None,
+        typer.Option("--gt", help="Ground-truth annotations, JSON Lines.", dir_okay=False),
     ] = None,
     dataset: Annotated[
         str,
@@ -45,7 +52,8 @@ def eval_command(
         ),
     ] = "qvhighlights",
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Also write the metrics here as JSON.", dir_okay=False)
+        Path | None,
+        typer.Option("--out", "-o", help="Also write the metrics here as JSON.", dir_okay=False),
     ] = None,
     allow_partial: Annotated[
         bool,
@@ -53,13 +61,32 @@ def eval_command(
     ] = False,
     by_query_length: Annotated[
         bool,
-        typer.Option("--by-query-length", help="QVHighlights: add MR mAP by query length (Table 6)."),
+        typer.Option(
+            "--by-query-length", help="QVHighlights: add MR mAP by query length (Table 6)."
+        ),
     ] = False,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="Run folder or .safetensors: predict, then score."),
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option("--cache", help="Feature cache of the split (with --checkpoint).")
+    ] = None,
+    anno: Annotated[
+        Path | None,
+        typer.Option(
+            "--anno", help="Split annotations, JSON Lines (with --checkpoint).", dir_okay=False
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="With --checkpoint: auto | cpu | cuda.")] = "auto",
 ) -> None:
     """Score predictions against ground truth with the benchmark's official metrics."""
     from r2.evaluate import DATASETS, EvalInputError, evaluate
     from r2.evaluate.report import format_metrics
 
+    if checkpoint is not None:
+        _checkpoint_mode(checkpoint, cache, anno, out, device)
+        return
     if dataset not in DATASETS:
         raise typer.BadParameter(f"choose one of {', '.join(DATASETS)}", param_hint="--dataset")
     if pred is None:
@@ -79,3 +106,36 @@ def eval_command(
     if out is not None:
         _write_json(out, metrics)
         typer.echo(f"metrics written to {out}")
+
+
+def _checkpoint_mode(
+    checkpoint: Path, cache: Path | None, anno: Path | None, out: Path | None, device: str
+) -> None:
+    """`r2 eval --checkpoint`: inference over a split, submission file, metrics if labelled."""
+    from r2.cache import CacheError
+    from r2.evaluate.report import format_metrics
+    from r2.evaluate.split import evaluate_checkpoint
+    from r2.train.checkpoint import CheckpointError
+
+    if cache is None:
+        raise typer.BadParameter("the split's feature cache is required", param_hint="--cache")
+    if anno is None:
+        raise typer.BadParameter("the split's annotations are required", param_hint="--anno")
+    out_dir = (
+        out
+        if out is not None
+        else Path(checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent)
+        / f"eval_{anno.stem}"
+    )
+    try:
+        result = evaluate_checkpoint(checkpoint, cache, anno, out_dir, device=device)
+    except (CheckpointError, CacheError, ValueError, OSError) as exc:  # one clear line
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    if result.metrics is None:
+        typer.echo(f"{anno} has no ground truth: submission written, no metrics")
+    else:
+        typer.echo(format_metrics(result.metrics, result.dataset))
+    typer.echo(f"predictions: {result.predictions_path}")
+    if result.metrics_path:
+        typer.echo(f"metrics: {result.metrics_path}")

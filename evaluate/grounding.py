@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-
 from r2.evaluate.iou import cross_iou, paired_iou
 from r2.evaluate.records import EvalInputError, GroundTruth, Prediction
 
@@ -59,7 +58,7 @@ def recall_at_k(ious: np.ndarray, thresholds: list[float] | tuple[float, ...]) -
 def with_gt_windows(
     pairs: list[tuple[Prediction, GroundTruth]],
 ) -> tuple[list[tuple[Prediction, GroundTruth]], int]:
-    """Keep the pairs whose ground truth has at least one window; return them and the rest's count."""
+    """The pairs whose ground truth has at least one window, and the number of the others."""
     kept = [(p, g) for p, g in pairs if g.windows is not None and len(g.windows) > 0]
     skipped = len(pairs) - len(kept)
     if skipped:

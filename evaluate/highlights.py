@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-
 from r2.evaluate.ap import ranked_ap
 from r2.evaluate.grounding import percent
 from r2.evaluate.records import EvalInputError, GroundTruth, Prediction
@@ -88,7 +87,9 @@ def _check(pairs: list[tuple[Prediction, GroundTruth]], dataset: str) -> None:
         )
 
 
-def highlight_metrics(pairs: list[tuple[Prediction, GroundTruth]], dataset: str) -> dict[str, float]:
+def highlight_metrics(
+    pairs: list[tuple[Prediction, GroundTruth]], dataset: str
+) -> dict[str, float]:
     """Per-domain and average mAP for ``dataset`` "youtube" or "tvsum".
 
     Returns:
@@ -115,6 +116,8 @@ def highlight_metrics(pairs: list[tuple[Prediction, GroundTruth]], dataset: str)
     if dataset == "youtube":
         no_positive = sum(not (g.label[:, 0] > 0).any() for _, g in pairs)
         if no_positive:
-            log.warning("%d videos have no positive clip: AP 0 (counted, as the original)", no_positive)
+            log.warning(
+                "%d videos have no positive clip: AP 0 (counted, as the original)", no_positive
+            )
         out["n_no_positive"] = no_positive
     return out

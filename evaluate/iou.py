@@ -21,7 +21,7 @@ import numpy as np
 
 
 def cross_iou(windows1: np.ndarray, windows2: np.ndarray) -> np.ndarray:
-    """IoU of every window of ``windows1`` (N, 2) with every window of ``windows2`` (M, 2) -> (N, M)."""
+    """IoU of each window of ``windows1`` (N, 2) with each of ``windows2`` (M, 2) -> (N, M)."""
     areas1 = windows1[:, 1] - windows1[:, 0]
     areas2 = windows2[:, 1] - windows2[:, 0]
     left = np.maximum(windows1[:, None, 0], windows2[None, :, 0])

@@ -89,9 +89,9 @@ def postprocess_windows(
     perm = np.arange(len(bnd))  # perm[i] = original row now at position i
     for i in range(len(bnd)):
         rest = perm[i:]
+        if not scores[rest].any():
+            break  # every remaining score is 0: no more swaps or changes
         j = int(np.argmax(scores[rest]))
-        if scores[rest[j]] == 0:
-            break  # all remaining scores are 0: no more swaps or changes
         perm[i], perm[i + j] = perm[i + j], perm[i]
         later = perm[i + 1 :]
         overlap = iou[perm[i], later]
@@ -118,7 +118,9 @@ def upsample_saliency(level_scores: list[np.ndarray], n_clips: int) -> np.ndarra
         ValueError: no level, an empty level, or a level that cannot map to ``n_clips``.
     """
     if not level_scores or n_clips <= 0:
-        raise ValueError(f"need at least one level and n_clips > 0, got {len(level_scores)}, {n_clips}")
+        raise ValueError(
+            f"need at least one level and n_clips > 0, got {len(level_scores)}, {n_clips}"
+        )
     spread = []
     for j, scores in enumerate(level_scores):
         scores = np.asarray(scores).reshape(-1)

@@ -31,7 +31,6 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
-
 from r2.evaluate.ap import clip_ap, detection_ap
 from r2.evaluate.grounding import (
     percent,
@@ -50,7 +49,13 @@ MAX_PRED_WINDOWS = 10  # mAP uses the first 10 predicted windows of each query
 LENGTH_RANGES = {"full": None, "short": (0, 10), "middle": (10, 30), "long": (30, 150)}
 HL_LEVELS = {"Fair": 2, "Good": 3, "VeryGood": 4}  # minimum annotator score of a positive clip
 #: query-length bins in words (paper Table 6), (low, high].
-WORD_BINS = {"1-10": (0, 10), "11-20": (10, 20), "21-30": (20, 30), "31-40": (30, 40), "41+": (40, None)}
+WORD_BINS = {
+    "1-10": (0, 10),
+    "11-20": (10, 20),
+    "21-30": (20, 30),
+    "31-40": (30, 40),
+    "41+": (40, None),
+}
 
 Item = tuple[np.ndarray, np.ndarray]  # (predicted windows (N, 3), GT windows (M, 2))
 
@@ -60,7 +65,9 @@ def _mr_range(items: list[Item], name: str) -> tuple[dict[str, float], np.ndarra
     ap = np.array([detection_ap(w[:MAX_PRED_WINDOWS], gt, MAP_THRESHOLDS) for w, gt in items])
     per_thr = ap.mean(0)
     out = {f"MR-{name}-mAP": percent(np.mean(per_thr))}
-    out.update({f"MR-{name}-mAP@{t}": percent(v) for t, v in zip(MAP_THRESHOLDS, per_thr)})
+    out.update(
+        {f"MR-{name}-mAP@{t}": percent(v) for t, v in zip(MAP_THRESHOLDS, per_thr, strict=True)}
+    )
     r1 = np.array([top_k_iou(w, gt, 1) for w, gt in items])
     out.update({f"MR-{name}-R1@{t}": v for t, v in recall_at_k(r1, MAP_THRESHOLDS).items()})
     if name == "full":
@@ -170,7 +177,9 @@ def qvhighlights_metrics(
     if _check_field(pairs, "pred_relevant_windows", lambda p, g: p.windows is not None, pred=True):
         out.update(moment_metrics(pairs, by_query_length))
     has_sal = _check_field(pairs, "pred_saliency_scores", lambda p, g: p.saliency is not None, True)
-    has_gt = _check_field(pairs, "saliency_scores", lambda p, g: g.clip_scores is not None, False)
+    has_gt = has_sal and _check_field(
+        pairs, "saliency_scores", lambda p, g: g.clip_scores is not None, False
+    )
     if has_sal and has_gt:
         out.update(highlight_metrics(pairs))
     elif has_sal:
@@ -209,9 +218,15 @@ def _check_field(
 def official_layout(metrics: dict[str, float]) -> dict:
     """Rebuild the nested JSON the official ``eval.py`` writes (``brief``, ranges, HL levels)."""
     brief_mr = [
-        "MR-full-mAP", "MR-full-mAP@0.5", "MR-full-mAP@0.75", "MR-short-mAP",
-        "MR-middle-mAP", "MR-long-mAP", "MR-full-R1@0.5", "MR-full-R1@0.7",
-    ]  # fmt: skip
+        "MR-full-mAP",
+        "MR-full-mAP@0.5",
+        "MR-full-mAP@0.75",
+        "MR-short-mAP",
+        "MR-middle-mAP",
+        "MR-long-mAP",
+        "MR-full-R1@0.5",
+        "MR-full-R1@0.7",
+    ]
     brief = {k: metrics[k] for k in sorted(brief_mr) if k in metrics}
     hl = {}
     for level in HL_LEVELS:
@@ -238,6 +253,6 @@ __all__ = [
     "highlight_metrics",
     "moment_metrics",
     "official_layout",
-    "qvhighlights_metrics",
     "query_length_breakdown",
+    "qvhighlights_metrics",
 ]

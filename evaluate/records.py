@@ -98,7 +98,9 @@ def read_rows(path: str | Path) -> list[Row]:
     return rows_from_dicts([item for _, item in located], [where for where, _ in located])
 
 
-def rows_from_dicts(items: list[Any], wheres: list[str] | None = None, source: str = "") -> list[Row]:
+def rows_from_dicts(
+    items: list[Any], wheres: list[str] | None = None, source: str = ""
+) -> list[Row]:
     """Wrap in-memory dicts as rows; locations default to ``source[item i]``."""
     wheres = wheres or [f"{source}[item {i}]" for i in range(len(items))]
     rows = []
@@ -117,17 +119,26 @@ def _qid(row: Row) -> str:
     if "qid" not in row.data:
         raise _fail(row, "qid", "missing")
     qid = row.data["qid"]
-    if isinstance(qid, bool) or not isinstance(qid, int | str):
+    if isinstance(qid, bool) or not isinstance(qid, int | str | np.integer):
         raise _fail(row, "qid", f"must be an integer or a string, got {qid!r}")
-    return str(qid)
+    return str(int(qid)) if isinstance(qid, np.integer) else str(qid)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """int or float (numpy ones too), not bool."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def _as_list(value: Any) -> Any:
+    """Numpy arrays and tuples (in-memory callers) are read like JSON lists."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _number_array(row: Row, field: str, value: Any) -> np.ndarray:
     """A list of finite numbers -> float64 array (1-D)."""
+    value = _as_list(value)
     if not isinstance(value, list):
         raise _fail(row, field, f"must be a list of numbers, got {type(value).__name__}")
     if set(map(type, value)) <= {int, float}:  # fast path (bool is its own type)
@@ -142,12 +153,14 @@ def _number_array(row: Row, field: str, value: Any) -> np.ndarray:
 
 def _window_array(row: Row, field: str, value: Any, widths: tuple[int, ...]) -> np.ndarray:
     """A list of [start, end(, score)] rows -> (N, width) float64; checks finiteness and order."""
+    value = _as_list(value)
     if not isinstance(value, list):
         raise _fail(row, field, f"must be a list of windows, got {type(value).__name__}")
     width = max(widths)
     out = np.empty((len(value), width), dtype=np.float64)
     for i, w in enumerate(value):
         name = f"{field}[{i}]"
+        w = _as_list(w)
         if not isinstance(w, list) or len(w) not in widths:
             shape = " or ".join(str(n) for n in widths)
             raise _fail(row, name, f"must be a list of {shape} numbers, got {w!r}")
@@ -197,7 +210,7 @@ def parse_predictions(rows: list[Row], need_scores: bool) -> list[Prediction]:
 
 
 def _qvh_clip_scores(row: Row) -> np.ndarray | None:
-    """QVHighlights per-clip annotator scores (int(duration / 2), 3), as the official mk_gt_scores."""
+    """QVHighlights per-clip annotator scores (int(duration / 2), 3), as official mk_gt_scores."""
     data = row.data
     if data.get("relevant_clip_ids") is None or data.get("saliency_scores") is None:
         return None
@@ -205,12 +218,16 @@ def _qvh_clip_scores(row: Row) -> np.ndarray | None:
     if not _is_number(duration) or not math.isfinite(duration) or duration < 0:
         raise _fail(row, "duration", f"must be a finite number >= 0, got {duration!r}")
     n_clips = int(duration / QVH_CLIP_SECONDS)
-    ids, scores = data["relevant_clip_ids"], data["saliency_scores"]
+    ids, scores = _as_list(data["relevant_clip_ids"]), _as_list(data["saliency_scores"])
     if not isinstance(ids, list) or not isinstance(scores, list) or len(ids) != len(scores):
         raise _fail(row, "saliency_scores", "must be a list with one entry per relevant_clip_ids")
     full = np.zeros((n_clips, QVH_ANNOTATORS), dtype=np.float64)
     for i, (clip, triple) in enumerate(zip(ids, scores, strict=True)):
-        if not isinstance(clip, int) or isinstance(clip, bool) or not 0 <= clip < n_clips:
+        if (
+            not isinstance(clip, int | np.integer)
+            or isinstance(clip, bool)
+            or not 0 <= clip < n_clips
+        ):
             raise _fail(
                 row,
                 f"relevant_clip_ids[{i}]",
@@ -225,15 +242,15 @@ def _qvh_clip_scores(row: Row) -> np.ndarray | None:
 
 def _label(row: Row) -> np.ndarray:
     """YouTube/TVSum ``label``: per clip a number or a list of annotator numbers -> (n, A)."""
-    value = row.data.get("label")
-    if not isinstance(value, list):
-        raise _fail(row, "label", f"must be a list with one entry per clip, got {value!r}")
-    columns = [v if isinstance(v, list) else [v] for v in value]
+    value = _as_list(row.data.get("label"))
+    if not isinstance(value, list) or not value:
+        raise _fail(row, "label", f"must be a non-empty list, one entry per clip, got {value!r}")
+    columns = [_as_list(v) if isinstance(v, list | tuple | np.ndarray) else [v] for v in value]
     widths = {len(c) for c in columns}
     if len(widths) > 1 or 0 in widths:
         raise _fail(row, "label", "every clip needs the same (non-zero) number of scores")
     flat = _number_array(row, "label", [x for c in columns for x in c])
-    return flat.reshape(len(columns), widths.pop() if widths else 1)
+    return flat.reshape(len(columns), widths.pop())
 
 
 def parse_ground_truth(rows: list[Row], dataset: str) -> list[GroundTruth]:

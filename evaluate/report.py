@@ -18,10 +18,16 @@ def _table(columns: list[str], rows: list[tuple[str, list[float | None]]]) -> li
     """Right-aligned columns; a row label column first; None prints as '-'."""
     label_w = max([len(label) for label, _ in rows] + [0])
     widths = [max(len(c), 6) for c in columns]
-    lines = ["  " + " " * label_w + "".join(f"  {c:>{w}}" for c, w in zip(columns, widths))]
+    lines = [
+        "  " + " " * label_w + "".join(f"  {c:>{w}}" for c, w in zip(columns, widths, strict=True))
+    ]
     for label, values in rows:
         cells = [("-" if v is None else f"{v:.2f}") for v in values]
-        lines.append("  " + f"{label:<{label_w}}" + "".join(f"  {c:>{w}}" for c, w in zip(cells, widths)))
+        lines.append(
+            "  "
+            + f"{label:<{label_w}}"
+            + "".join(f"  {c:>{w}}" for c, w in zip(cells, widths, strict=True))
+        )
     return lines
 
 
@@ -34,12 +40,18 @@ def _qvh(m: dict[str, float]) -> list[str]:
         lines.append("Moment retrieval by GT window length")
         cols = ["mAP", "mAP@0.5", "mAP@0.75", "R1@0.5", "R1@0.7"]
         keys = ["mAP", "mAP@0.5", "mAP@0.75", "R1@0.5", "R1@0.7"]
-        rows = [(r, [m.get(f"MR-{r}-{k}") for k in keys]) for r in ("full", "short", "middle", "long")]
+        rows = [
+            (r, [m.get(f"MR-{r}-{k}") for k in keys]) for r in ("full", "short", "middle", "long")
+        ]
         lines += _table(cols, rows)
         extras = ["R1@0.3", "R5@0.3", "R5@0.5", "R5@0.7", "mIoU"]
         lines.append("Extras")
         lines += _table(extras, [("", [m.get(f"MR-full-{k}") for k in extras])])
-    words = [k[len("MR-words-") : -len("-mAP")] for k in m if k.startswith("MR-words-") and k.endswith("-mAP")]
+    words = [
+        k[len("MR-words-") : -len("-mAP")]
+        for k in m
+        if k.startswith("MR-words-") and k.endswith("-mAP")
+    ]
     if words:
         lines.append("MR mAP by query length in words (paper Table 6)")
         lines += _table(words, [("mAP", [m[f"MR-words-{w}-mAP"] for w in words])])
@@ -47,7 +59,10 @@ def _qvh(m: dict[str, float]) -> list[str]:
     if "HL-min-VeryGood-mAP" in m:
         lines.append("Highlight detection (paper reports >= VeryGood)")
         levels = ("Fair", "Good", "VeryGood")
-        lines += _table(["mAP", "HIT@1"], [(lv, [m[f"HL-min-{lv}-mAP"], m[f"HL-min-{lv}-Hit1"]]) for lv in levels])
+        lines += _table(
+            ["mAP", "HIT@1"],
+            [(lv, [m[f"HL-min-{lv}-mAP"], m[f"HL-min-{lv}-Hit1"]]) for lv in levels],
+        )
     return lines
 
 

@@ -19,11 +19,14 @@ The frames are the ones the original features were made from (spec §1): ``ffmpe
   (``frame_at="middle"``, the original) or ``t <= n / fps`` (``"start"``, the frame on screen
   when the clip starts); the first frame when there is none.
 
-Geometry: in display orientation (the display matrix is applied like ffmpeg's autorotate),
-the shorter side is scaled to ``image_size`` and the other to ``int(long * S / short)``, with
-swscale bicubic and the frame's own colour matrix and range, then centre crop ``S × S`` at
-``int((w - S) / 2), int((h - S) / 2)`` (the original's arithmetic; pixel aspect is ignored as
-there). Rotation is applied after scaling (exact for 90° steps up to swscale rounding).
+Geometry, by ffmpeg's own filters (libavfilter), as its command line chains them: autorotate
+by the display matrix (transpose / hflip / vflip), then swscale bicubic to shorter side ``S``
+and other side ``int(long * S / short)``, centre crop ``S × S`` at ``int((w - S) / 2),
+int((h - S) / 2)`` (the original's arithmetic), rgb24 with the frame's colour matrix and range.
+Pixel aspect is ignored, as in the original. libavfilter's scale places 4:2:0 chroma centred
+as the ffmpeg of the original did (PyAV's ``reformat`` follows the decoder's "left" chroma
+location instead: up to ~30 levels apart at colour edges). Unlike the original, which sized
+the scale from the coded width/height, rotated videos are sized in display orientation.
 
 Speed without changing a single selected frame: pass 1 demuxes packets (no decoding) to get
 every frame's timestamp and keyframe flag and computes the selection; pass 2 decodes, for each
@@ -327,8 +330,8 @@ def _choose_stream(container: av.container.InputContainer, path: str) -> av.Vide
         raise VideoError(f"{path}: no video stream ({what})")
 
     def score(s: av.VideoStream) -> int:
-        default = bool(s.disposition & Disposition.default)
-        return s.codec_context.width * s.codec_context.height + DEFAULT_STREAM_BONUS * default
+        cc, default = s.codec_context, bool(s.disposition & Disposition.default)
+        return (cc.width * cc.height if cc else 0) + DEFAULT_STREAM_BONUS * default
 
     return max(real, key=score)
 
@@ -341,6 +344,8 @@ class _Source:
         self.container = _open(path)
         try:
             self.stream = _choose_stream(self.container, path)
+            if self.stream.codec_context is None:
+                raise VideoError(f"{path}: no decoder for its video codec")
             if self.stream.time_base is None:
                 raise VideoError(f"{path}: video stream has no time base")
         except VideoError:
@@ -367,7 +372,9 @@ class _Source:
         self._configure()
 
     def close(self) -> None:
-        self.container.close()
+        if self.container is not None:
+            self.container.close()
+            self.container = None
 
 
 def _is_real(pkt: av.Packet) -> bool:
@@ -543,11 +550,17 @@ class _PacketReader:
 
     def __init__(self, src: _Source, table: _Table) -> None:
         self.src, self.table = src, table
-        self.pts = table.pts.tolist()
-        self.index = {p: i for i, p in enumerate(self.pts)}
+        self._order = np.argsort(table.pts, kind="stable")  # pts are unique on the fast path
+        self._sorted = table.pts[self._order]
         self.packets: Iterator[av.Packet] | None = None
         self.pending: av.Packet | None = None
         self.next = 0
+
+    def index_of(self, pts: int | None) -> int | None:
+        """Decoding index of the packet with this pts (None: no such packet)."""
+        i = int(np.searchsorted(self._sorted, _NOPTS if pts is None else pts))
+        found = pts is not None and i < len(self._sorted) and self._sorted[i] == pts
+        return int(self._order[i]) if found else None
 
     def decode(self, start: int, end: int) -> Iterator[av.VideoFrame]:
         """Every frame of packets start..end (decoding order), then drains the decoder."""
@@ -564,14 +577,18 @@ class _PacketReader:
         while self.next < target:
             self._read()
 
+    def _seek_stamp(self, target: int) -> int:
+        """Timestamp to seek to: demuxers index keyframes by dts or pts, so the smaller."""
+        t = self.table
+        return int(t.pts[target] if t.dts[target] == _NOPTS else min(t.pts[target], t.dts[target]))
+
     def _seek(self, target: int) -> None:
-        t, landed = self.table, None
-        stamp = int(t.pts[target] if t.dts[target] == _NOPTS else min(t.pts[target], t.dts[target]))
+        stamp, landed = self._seek_stamp(target), None
         try:
             self.src.container.seek(stamp, stream=self.src.stream, backward=True)
             self.packets = self.src.container.demux(self.src.stream)
             self.pending = self._next_real()
-            landed = None if self.pending is None else self.index.get(self.pending.pts)
+            landed = None if self.pending is None else self.index_of(self.pending.pts)
         except av.FFmpegError as exc:
             logger.debug("%s: seek failed (%s)", self.src.path, _reason(exc))
         if landed is None or landed > target:
@@ -588,7 +605,7 @@ class _PacketReader:
     def _read(self) -> av.Packet:
         pkt = self.pending if self.pending is not None else self._next_real()
         self.pending = None
-        if pkt is None or pkt.pts != self.pts[self.next]:
+        if pkt is None or pkt.pts != self.table.pts[self.next]:
             raise _FastPathError("the second read of the packets differs from the first")
         self.next += 1
         return pkt
@@ -672,14 +689,15 @@ class ClipFrames(Iterator[np.ndarray]):
     def _fast(self) -> Iterator[tuple[int, np.ndarray]]:
         """Decode only the needed keyframe intervals, each up to its last needed frame."""
         reader = _PacketReader(self._src, self._table)
-        clip_pts = [reader.pts[p] for p in self._plan.clip_pkt]
+        clip_pts = self._table.pts[self._plan.clip_pkt].tolist()
         wanted, ready, nxt = set(clip_pts), {}, 0
         for start, end in self._plan.runs:
             for frame in reader.decode(start, end):
                 stamp = frame.pts
-                if stamp not in reader.index:
+                if reader.index_of(stamp) is None:
                     raise _FastPathError(f"decoded timestamp ({stamp}) matches no packet")
-                if stamp in wanted and stamp >= clip_pts[nxt] and stamp not in ready:
+                pending = nxt < len(clip_pts) and stamp >= clip_pts[nxt]
+                if pending and stamp in wanted and stamp not in ready:
                     ready[stamp] = self._pre(frame)
                 while nxt < len(clip_pts) and clip_pts[nxt] in ready:
                     stamp, nxt = clip_pts[nxt], nxt + 1
@@ -709,7 +727,8 @@ class ClipFrames(Iterator[np.ndarray]):
 
         for frame in self._all_frames(cc):
             stamp = best(frame.pts, frame.dts)
-            stamp = stamp if stamp is not None else (held_at + max(gap, 1) if held else src.origin)
+            if stamp is None:  # no timestamp at all: right after the previous frame
+                stamp = src.origin if held is None else held_at + max(gap, 1)
             if cursor is None:
                 cursor, first_at = _FpsCursor(_tick((stamp - src.origin) * k, b)), stamp
             else:
@@ -783,8 +802,14 @@ def decode_video(
     clips = iter_clip_frames(
         path, fps, image_size, frame_at, allow_partial, threads=threads, method=method
     )
-    frames = np.stack(list(clips))
-    return DecodedVideo(frames, clips.duration, len(frames), clips.partial, clips.path)
+    frames = np.empty((clips.probe.n_clips, image_size, image_size, 3), np.uint8)
+    n = 0
+    for n, rgb in enumerate(clips, start=1):
+        if n > len(frames):  # sequential decoding found more clips than the packets said
+            frames = np.concatenate([frames, np.empty_like(frames)])
+        frames[n - 1] = rgb
+    frames = frames[:n] if n == len(frames) else frames[:n].copy()
+    return DecodedVideo(frames, clips.duration, n, clips.partial, clips.path)
 
 
 def probe_video(path: str | os.PathLike, fps: float, frame_at: str = "middle") -> VideoProbe:

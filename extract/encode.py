@@ -313,12 +313,12 @@ class ClipEncoder:
         hidden = self.vision(pixel_values=pixels, output_hidden_states=True).hidden_states
         return torch.stack(hidden[-self.settings.k :], dim=1)  # (N, K, P, Dv)
 
-    def encode_frames(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 (N, S, S, 3) RGB frames -> (N, K, P, Dv) float16 features."""
+    def encode_frames(self, frames: np.ndarray, batch: int = FRAME_CHUNK) -> np.ndarray:
+        """uint8 (N, S, S, 3) RGB frames -> (N, K, P, Dv) float16, `batch` frames per forward."""
         s = self.settings
         out = [np.zeros((0, s.k, s.tokens_per_frame, s.video_dim), np.float16)]
-        for start in range(0, len(frames), FRAME_CHUNK):
-            feats = self.frame_hidden_states(frames[start : start + FRAME_CHUNK])
+        for start in range(0, len(frames), batch):
+            feats = self.frame_hidden_states(frames[start : start + batch])
             out.append(feats.to(torch.float16).cpu().numpy())
         return np.concatenate(out)
 

@@ -10,8 +10,11 @@ This module must stay importable without torch: the decode workers import it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -67,6 +70,22 @@ def decode_job(path: str, opts: DecodeOptions):
     return video, None
 
 
+def _watch_parent(lifeline) -> None:
+    """Worker initializer: exit as soon as the main process is gone (even after SIGKILL).
+
+    Pool workers otherwise wait for work forever once their parent was killed, since each
+    holds both ends of its own task queue. `lifeline` is the read end of a pipe whose only
+    write end lives in the main process: EOF means the main process has died.
+    """
+
+    def watch() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            lifeline.recv_bytes()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="r2-parent-watch", daemon=True).start()
+
+
 def _context():
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
@@ -90,14 +109,28 @@ class DecodeSource:
         self.suspects: deque[VideoInput] = deque()  # in flight when a worker died
         self.inflight: dict[Future, VideoInput] = {}
         self.isolating = False  # one suspect alone in the pool
-        self.pool = self._new_pool() if workers > 0 else None
+        self.pool = self._new_pool() if workers > 0 and items else None
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=_context())
+        ctx = _context()
+        lifeline, self._lifeline = ctx.Pipe(duplex=False)  # workers read, only we write
+        pool = ProcessPoolExecutor(self.workers, ctx, _watch_parent, (lifeline,))
+        self._worker_end = lifeline  # closed with the pool (kept open until workers started)
+        return pool
+
+    def _shutdown(self, wait: bool) -> None:
+        self.pool.shutdown(wait=wait, cancel_futures=True)
+        self._lifeline.close()  # stragglers of a broken pool exit now
+        self._worker_end.close()
+        self.pool = None
 
     @property
     def exhausted(self) -> bool:
         return not (self.pending or self.suspects or self.inflight)
+
+    def prime(self) -> None:
+        """Start decoding (workers start now, e.g. while the model loads)."""
+        self._fill()
 
     def _fill(self) -> None:
         if self.pool is None:
@@ -117,7 +150,7 @@ class DecodeSource:
         """A worker died: skip `item` if it was alone, else retry everything in flight alone."""
         lost = [item, *self.inflight.values()]
         self.inflight.clear()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self._shutdown(wait=False)
         self.pool = self._new_pool()
         if self.isolating:
             yield item, None, f"{item.path}: {CRASH_REASON}"
@@ -152,8 +185,7 @@ class DecodeSource:
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
+            self._shutdown(wait=True)
 
 
 @dataclass
@@ -244,27 +276,21 @@ def _accept(result: tuple, queue: FrameQueue, encoder, stats: VideoStats, strict
 
 
 def run_videos(
-    encoder,
-    writer,
-    items: list[VideoInput],
-    opts: DecodeOptions,
-    *,
-    workers: int,
-    batch_frames: int,
-    strict: bool,
+    encoder, writer, source: DecodeSource, *, batch_frames: int, strict: bool
 ) -> VideoStats:
-    """Decode, encode and write `items`; bad files are skipped (or fatal when `strict`)."""
+    """Encode and write what `source` decodes; bad files are skipped (or fatal when `strict`)."""
     stats = VideoStats()
     queue = FrameQueue()
-    source = DecodeSource(items, opts, workers)
     start = time.perf_counter()
-    bar = tqdm(total=len(items), unit="video", desc="videos", disable=None, dynamic_ncols=True)
+    total = len(source.pending) + len(source.inflight)
+    bar = tqdm(total=total, unit="video", desc="videos", disable=None, dynamic_ncols=True)
     try:
         while True:
             for result in source.results(block=False):
                 _accept(result, queue, encoder, stats, strict, bar)
             if queue.frames >= batch_frames or (queue.frames and source.exhausted):
-                bar.update(_encode_batch(encoder, queue, batch_frames, writer, opts.fps, stats))
+                fps = source.opts.fps
+                bar.update(_encode_batch(encoder, queue, batch_frames, writer, fps, stats))
                 rate = stats.frames / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix_str(f"{rate:.1f} frames/s", refresh=False)
             elif source.exhausted:
@@ -274,7 +300,6 @@ def run_videos(
                     _accept(result, queue, encoder, stats, strict, bar)
     finally:
         bar.close()
-        source.close()
     return stats
 
 
@@ -323,16 +348,21 @@ def run(summary, videos: list[VideoInput], queries: list, *, model: str, revisio
         towers = ("vision",) * bool(todo) + ("text",) * bool(new_queries)
         if not towers:
             return summary
-        # Pinned to the commit resolved above, so both loads see the same model files.
-        encoder = ClipEncoder.load(model, revision=s.revision, towers=towers, **load)
-        if new_queries:
-            summary.queries_truncated = run_queries(encoder, writer, new_queries, QUERY_CHUNK)
-            summary.queries_done = len(new_queries)
-        if todo:
-            default = GPU_BATCH_FRAMES if encoder.device.type == "cuda" else CPU_BATCH_FRAMES
-            opts = DecodeOptions(float(fps), s.image_size, frame_at, allow_partial)
-            stats = run_videos(encoder, writer, todo, opts, workers=workers,
-                               batch_frames=batch_frames or default, strict=strict)  # fmt: skip
-            summary.videos_done, summary.videos_skipped = stats.done, stats.skipped
-            summary.videos_partial, summary.frames = stats.partial, stats.frames
+        opts = DecodeOptions(float(fps), s.image_size, frame_at, allow_partial)
+        source = DecodeSource(todo, opts, workers)
+        try:
+            source.prime()  # decoding overlaps the model load and the queries
+            # Pinned to the commit resolved above, so both loads see the same model files.
+            encoder = ClipEncoder.load(model, revision=s.revision, towers=towers, **load)
+            if new_queries:
+                summary.queries_truncated = run_queries(encoder, writer, new_queries, QUERY_CHUNK)
+                summary.queries_done = len(new_queries)
+            if todo:
+                default = GPU_BATCH_FRAMES if encoder.device.type == "cuda" else CPU_BATCH_FRAMES
+                stats = run_videos(encoder, writer, source, batch_frames=batch_frames or default,
+                                   strict=strict)  # fmt: skip
+                summary.videos_done, summary.videos_skipped = stats.done, stats.skipped
+                summary.videos_partial, summary.frames = stats.partial, stats.frames
+        finally:
+            source.close()
     return summary

@@ -130,7 +130,9 @@ class R2Predictor:
         return VideoFeatures(str(path), features, float(probe.duration), self.fps)
 
     @torch.inference_mode()
-    def predict(self, video: VideoFeatures | str | Path, query: str, top: int | None = None) -> Prediction:
+    def predict(
+        self, video: VideoFeatures | str | Path, query: str, top: int | None = None
+    ) -> Prediction:
         """Find the moments of `video` that match `query` and score every clip.
 
         Args:
@@ -163,7 +165,11 @@ class R2Predictor:
         batch = collate([sample]).to(self.device)
         raw = self.model.predict(self.model(batch), batch)[0]
         windows = postprocess_windows(
-            np.asarray(raw.boundary, dtype=np.float64), duration, self.unit, self.nms, self.nms_threshold
+            np.asarray(raw.boundary, dtype=np.float64),
+            duration,
+            self.unit,
+            self.nms,
+            self.nms_threshold,
         )
         moments = [Moment(float(s), float(e), float(c)) for s, e, c in windows if c > 0]
         saliency = np.clip(np.asarray(raw.saliency, dtype=np.float64), 0.0, 1.0)

@@ -1,7 +1,15 @@
 """The `r2` command line: a thin typer wrapper over each stage's public function.
 
-Each stage owns its command in `<stage>/cli.py`; this module only registers them.
+Each stage owns its command in `<stage>/cli.py`; this module registers them and adds the
+end-to-end commands `predict` (one video, one or more questions) and `demo`.
 """
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -18,6 +26,76 @@ app.command("extract")(extract_command)
 app.command("train")(train_command)
 app.command("eval")(eval_command)
 app.command("convert")(convert_command)
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False):
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+@app.command("predict")
+def predict_command(
+    video: Annotated[Path, typer.Argument(help="Video file.", exists=True, dir_okay=False)],
+    queries: Annotated[list[str], typer.Argument(help="One or more questions (quoted).")],
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", "-c", help="Run folder or .safetensors checkpoint.")
+    ] = Path("demo_out/run"),
+    top: Annotated[int, typer.Option(min=1, help="Moments to print per query.")] = 5,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="PNG path (several queries: NAME-1.png, ...).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    clip_model: Annotated[
+        str | None, typer.Option("--clip", help="Load CLIP from here instead of the recorded id.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Find the moments of VIDEO that match each query; the video is encoded once."""
+    from r2.api import R2Predictor
+    from r2.plot import plot_prediction
+
+    predictor = R2Predictor.from_pretrained(checkpoint, device=device, clip_model=clip_model)
+    features = predictor.encode_video(video)
+    results = []
+    for i, query in enumerate(queries):
+        pred = predictor.predict(features, query, top=top)
+        typer.echo(f"\n{query!r}  ({video.name}, {pred.duration:.1f} s)")
+        typer.echo(f"  {'rank':>4} {'start':>8} {'end':>8} {'score':>6}")
+        for rank, m in enumerate(pred.moments, 1):
+            typer.echo(f"  {rank:>4} {m.start:>8.1f} {m.end:>8.1f} {m.score:>6.3f}")
+        if plot is not None:
+            path = (
+                plot if len(queries) == 1 else plot.with_name(f"{plot.stem}-{i + 1}{plot.suffix}")
+            )
+            typer.echo(f"  plot: {plot_prediction(pred, path, top=top)}")
+        results.append({
+            "query": query, "video": str(video), "duration": pred.duration,
+            "moments": [[m.start, m.end, m.score] for m in pred.moments],
+            "saliency": [round(float(s), 6) for s in pred.saliency],
+        })  # fmt: skip
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(results, indent=1) + "\n")
+        typer.echo(f"results written to {json_out}")
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo_out"),
+    clip_model: Annotated[
+        str | None, typer.Option("--clip", help="CLIP id/folder (default: pretrained if cached).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the dataset and training.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Generate a procedural dataset, then extract -> train -> eval -> predict on it."""
+    from r2.demo import run_demo
+
+    run_demo(out, seed=seed, clip=clip_model, device=device)
 
 
 def main() -> None:  # pragma: no cover - entry point

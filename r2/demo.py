@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 log = logging.getLogger("r2.demo")
@@ -99,7 +100,7 @@ def run_demo(out_dir: str | Path = DEFAULT_OUT, *, size: DemoSize = DemoSize(), 
     Returns:
         The metrics of the model and of the baselines, and the paths written.
     """
-    from r2.demo_data import baseline_predictions, load_jsonl, make_demo_dataset
+    from r2.demo_data import load_jsonl, make_demo_dataset
     from r2.evaluate import evaluate_records
     from r2.evaluate.inference import predict_split
     from r2.extract import extract
@@ -115,10 +116,13 @@ def run_demo(out_dir: str | Path = DEFAULT_OUT, *, size: DemoSize = DemoSize(), 
     cache = out / ("cache.h5" if real else "cache_random_clip.h5")
     extract([ds.videos], cache, annotations=[ds.train, ds.val, ds.test], model=model_id,
             k=4, fps=0.5, device=device, strict=True)  # fmt: skip
-    run_dir = out / ("run" if real else "run_random_clip")
+    run_dir = out / "run"
+    if run_dir.exists():  # a demo run is cheap: retrain from scratch, deterministically
+        log.info("removing the previous demo run %s", run_dir)
+        shutil.rmtree(run_dir)
     train(cache, ds.train, run_dir, val_anno=ds.val, preset="qvhighlights", device=device,
           epochs=size.epochs, batch_size=size.batch_size, lr=size.lr, warmup=size.warmup,
-          lr_drop=0, seed=seed, workers=0, preload="ram", resume=(run_dir / "resume.safetensors").exists())  # fmt: skip
+          lr_drop=0, seed=seed, workers=0, preload="ram")  # fmt: skip
 
     checkpoint = run_dir / "best.safetensors"
     model, _meta = load_checkpoint(checkpoint, device="cpu")
@@ -133,7 +137,9 @@ def run_demo(out_dir: str | Path = DEFAULT_OUT, *, size: DemoSize = DemoSize(), 
     (out / "metrics.json").write_text(json.dumps({"model": metrics, **baselines}, indent=1))
     print(format_comparison(metrics, baselines))
     log.warning("%s", _banner(model_id, real))
-    log.info("outputs in %s: metrics.json, %s, %s, run %s", out, plot.name, submission.name, run_dir)
+    log.info(
+        "outputs in %s: metrics.json, %s, %s, run %s", out, plot.name, submission.name, run_dir
+    )
     return DemoResult(model_id, real, metrics, baselines, checkpoint, plot, submission)
 
 
@@ -166,7 +172,9 @@ def format_comparison(metrics: dict[str, float], baselines: dict[str, dict[str, 
     width = max(len(n) for n in names) + 2
     lines = ["metric".ljust(24) + "".join(n.rjust(width) for n in names)]
     for key in SUMMARY_METRICS:
-        values = [metrics.get(key, float("nan"))] + [b.get(key, float("nan")) for b in baselines.values()]
+        values = [metrics.get(key, float("nan"))] + [
+            b.get(key, float("nan")) for b in baselines.values()
+        ]
         lines.append(key.ljust(24) + "".join(f"{v:.2f}".rjust(width) for v in values))
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -43,8 +44,12 @@ GROW_SCALE = (0.7, 1.15)  # scale of a growing shape at its window's start / end
 BACKGROUND_GREY = (95.0, 145.0)  # range of a video's mean background grey level
 BACKGROUND_TINT = 6.0  # max per-channel offset of a video's background from grey
 TEXTURE_STD = (6.0, 2.0, 3.0)  # background texture: blocky grey, blocky tint, fine grain
-NOISE_STD = 2.0  # per-frame sensor noise (grey levels)
-CRF = "20"  # x264 quality (lower is better)
+NOISE_STD = 1.0  # per-frame sensor noise (grey levels)
+NOISE_BANK = 16  # noise images drawn once per video; each frame adds a random one
+CRF = "23"  # x264 quality (lower is better)
+# x264's MB-tree rate control made the output depend on leftover heap contents (measured:
+# the same frames gave a different file in most runs); without it the output is bit-exact.
+X264_PARAMS = "mbtree=0"
 MANIFEST = "demo_dataset.json"
 BASELINE_GRID = 100  # the fixed-window baseline searches a 1/100 grid of the duration
 
@@ -65,34 +70,17 @@ DIRECTIONS = {  # name: (unit vector in image coords (x right, y down), "to" phr
     "up": ((0.0, -1.0), "up", "upwards"),
     "down": ((0.0, 1.0), "down", "downwards"),
 }
-TEMPLATES = {
-    "appear": (
-        "a {c} {s} appears",
-        "when does a {c} {s} show up?",
-        "a {c} {s} is shown on the screen",
-        "the {c} {s} becomes visible",
-        "a big {c} {s} pops up in the middle of the frame",
-        "there is a {c} {s} on a noisy background",
-    ),
-    "move": (
-        "the {c} {s} moves {to}",
-        "a {c} {s} slides {ward} across the screen",
-        "when does the {c} {s} move {to}?",
-        "a {c} {s} travelling {ward}",
-    ),
-    "grow": (
-        "a {c} {s} grows bigger",
-        "the {c} {s} gets larger",
-        "when does the {c} {s} expand?",
-        "a growing {c} {s}",
-    ),
-    "spin": (
-        "a {c} {s} spins around",
-        "the {c} {s} rotates",
-        "when is the {c} {s} rotating?",
-        "a {c} {s} turning in place",
-    ),
-}
+TEMPLATES = {  # query wordings per action; {c} colour, {s} shape, {to}/{ward} direction
+    "appear": ("a {c} {s} appears", "when does a {c} {s} show up?", "the {c} {s} becomes visible",
+               "a {c} {s} is shown on the screen", "there is a {c} {s} on a noisy background",
+               "a big {c} {s} pops up in the middle of the frame"),
+    "move": ("the {c} {s} moves {to}", "a {c} {s} slides {ward} across the screen",
+             "when does the {c} {s} move {to}?", "a {c} {s} travelling {ward}"),
+    "grow": ("a {c} {s} grows bigger", "the {c} {s} gets larger",
+             "when does the {c} {s} expand?", "a growing {c} {s}"),
+    "spin": ("a {c} {s} spins around", "the {c} {s} rotates", "when is the {c} {s} rotating?",
+             "a {c} {s} turning in place"),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -188,6 +176,7 @@ def make_demo_dataset(
     start = time.perf_counter()
     ds.videos.mkdir(parents=True, exist_ok=True)
     (root / MANIFEST).unlink(missing_ok=True)  # the manifest marks a complete dataset
+    _remove_stale_videos(ds.videos, {p.vid for p in plans})
     for plan in tqdm(plans, desc="demo videos", unit="video", disable=None):
         _write_video(plan, ds.videos / f"{plan.vid}.mp4", fps, size)
     splits = _split_rows(plans, seed, val_fraction, test_fraction)
@@ -283,8 +272,8 @@ def _check_args(n_videos, val_fraction, test_fraction, fps, size) -> None:
             f"val_fraction={val_fraction}, test_fraction={test_fraction} "
             "(each in (0, 1), sum below 1)"
         )
-    if not fps >= 1.0:
-        problems.append(f"fps={fps} (need >= 1 so every 2-s clip has frames)")
+    if not (fps >= 1.0 and float(fps * CLIP_SECONDS).is_integer()):
+        problems.append(f"fps={fps} (need >= 1 and a whole number of frames per 2-s clip)")
     if len(size) != 2 or any(v < 32 or v % 2 for v in size):
         problems.append(f"size={size} (need (width, height), even, >= 32)")
     if problems:
@@ -405,16 +394,15 @@ def _render_frames(plan: _VideoPlan, fps: float, size: tuple[int, int]) -> Itera
     texture = np.kron(coarse, np.ones((8, 8, 1)))[:height, :width]  # blocky low frequencies
     texture += rng.normal(0.0, TEXTURE_STD[2], size=(height, width, 1))
     background = (np.asarray(plan.background) + _smooth(texture)).astype(np.float32)  # (H, W, 3)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    noise = NOISE_STD * rng.standard_normal((NOISE_BANK, height, width, 1), dtype=np.float32)
     for j in range(round(plan.duration * fps)):
         t = j / fps
-        noise = rng.standard_normal(size=(height, width, 1), dtype=np.float32)
-        frame = background + NOISE_STD * noise
+        frame = background + noise[rng.integers(NOISE_BANK)]  # (H, W, 3) float32
         for event in plan.events:
             for start, end in event.windows:
                 if start <= t < end:
-                    mask = _event_mask(event, (t - start) / (end - start), xx, yy, size)
-                    frame[mask] = COLOURS[event.colour]
+                    box, mask = _event_mask(event, (t - start) / (end - start), size)
+                    frame[box][mask] = COLOURS[event.colour]
         yield np.clip(frame, 0, 255).astype(np.uint8)
 
 
@@ -427,8 +415,12 @@ def _smooth(img: np.ndarray) -> np.ndarray:
     return out / 9.0
 
 
-def _event_mask(event: _Event, u: float, xx, yy, size: tuple[int, int]) -> np.ndarray:
-    """Pixels covered by the event's shape at progress u in [0, 1) through its window."""
+def _event_mask(event: _Event, u: float, size: tuple[int, int]) -> tuple[tuple, np.ndarray]:
+    """(box, mask): the shape's pixels at progress u in [0, 1) of its window, within `box`.
+
+    `box` is a (rows, cols) slice pair of the frame around the shape, `mask` a boolean array
+    of the box's shape (computing only there keeps rendering cheap).
+    """
     width, height = size
     cx, cy = event.centre[0] * width, event.centre[1] * height
     radius, angle = SHAPE_RADIUS * height, event.angle
@@ -439,7 +431,10 @@ def _event_mask(event: _Event, u: float, xx, yy, size: tuple[int, int]) -> np.nd
         radius *= GROW_SCALE[0] + (GROW_SCALE[1] - GROW_SCALE[0]) * u
     elif event.action == "spin":
         angle += 2 * math.pi * event.turns * u
-    return _shape_mask(event.shape, xx - cx, yy - cy, radius, angle)
+    x0, x1 = max(0, int(cx - radius) - 1), min(width, int(cx + radius) + 2)
+    y0, y1 = max(0, int(cy - radius) - 1), min(height, int(cy + radius) + 2)
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    return (slice(y0, y1), slice(x0, x1)), _shape_mask(event.shape, xx - cx, yy - cy, radius, angle)
 
 
 def _shape_mask(shape: str, x, y, radius: float, angle: float) -> np.ndarray:
@@ -466,14 +461,14 @@ def _shape_mask(shape: str, x, y, radius: float, angle: float) -> np.ndarray:
 
 
 def _write_video(plan: _VideoPlan, path: Path, fps: float, size: tuple[int, int]) -> None:
-    """Encode the plan as H.264 mp4 (single-threaded, so bit-exact for a seed); atomic."""
+    """Encode the plan as H.264 mp4, bit-exact for a seed (single thread, no MB-tree); atomic."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with av.open(str(tmp), "w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=_rate(fps))
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height = size
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": CRF, "preset": "veryfast"}
+            stream.options = {"crf": CRF, "preset": "veryfast", "x264-params": X264_PARAMS}
             stream.codec_context.thread_count = 1
             for rgb in _render_frames(plan, fps, size):
                 frame = av.VideoFrame.from_ndarray(_rgb_to_yuv420p(rgb), format="yuv420p")
@@ -487,8 +482,7 @@ def _write_video(plan: _VideoPlan, path: Path, fps: float, size: tuple[int, int]
 def _rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H * 3 / 2, W) uint8 planar YUV 4:2:0, BT.601 limited range.
 
-    Integer arithmetic, so bit-exact on every machine. (Handing PyAV rgb24 frames to the
-    encoder was measured to give different files for the same frames from run to run.)
+    Integer arithmetic, so bit-exact on every machine and independent of swscale.
     """
     w = rgb.shape[1]
     r, g, b = (rgb[..., c].astype(np.int32) for c in range(3))  # (H, W) each
@@ -500,16 +494,19 @@ def _rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     return np.clip(planes, 0, 255).astype(np.uint8).reshape(-1, w)
 
 
-def _rate(fps: float):
-    from fractions import Fraction
-
-    return Fraction(fps).limit_denominator(1001)
-
-
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _remove_stale_videos(folder: Path, keep: set[str]) -> None:
+    """Delete demo videos of an earlier, larger generation (they are in no annotation file)."""
+    stale = [p for p in folder.glob("demo_*.mp4") if p.stem not in keep]
+    for path in stale:
+        path.unlink()
+    if stale:
+        logger.info("removed %d demo videos of an earlier generation from %s", len(stale), folder)
 
 
 def _is_current(ds: DemoDataset, params: dict, plans: list[_VideoPlan]) -> bool:
@@ -521,14 +518,3 @@ def _is_current(ds: DemoDataset, params: dict, plans: list[_VideoPlan]) -> bool:
         return False
     files = [ds.train, ds.val, ds.test] + [ds.videos / f"{p.vid}.mp4" for p in plans]
     return all(f.is_file() for f in files)
-
-
-__all__ = [
-    "COLOURS",
-    "SHAPES",
-    "DemoDataset",
-    "baseline_predictions",
-    "best_fixed_window",
-    "load_jsonl",
-    "make_demo_dataset",
-]

@@ -10,12 +10,13 @@ import hashlib
 import multiprocessing
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
 
 import h5py  # only to build foreign / tampered HDF5 files for the error tests
 import numpy as np
 import pytest
-
-import r2
 from r2.cache import (
     FORMAT_VERSION,
     CacheError,
@@ -27,6 +28,8 @@ from r2.cache import (
     VideoRecord,
     read_settings,
 )
+
+import r2
 
 SETTINGS = CacheSettings(
     model_id="openai/clip-vit-base-patch32", revision="3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268",
@@ -53,7 +56,8 @@ def query(qid: str, n: int = 4, text: str = "a man cooks", seed: int = 0):
 
 
 def sha(path) -> str:
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
 
 
 @pytest.fixture
@@ -100,9 +104,12 @@ def test_arbitrary_ids_round_trip_and_never_become_paths(tmp_path):
     with CacheWriter(path, SETTINGS) as w:
         for i, vid in enumerate(WEIRD_IDS):
             w.add_video(*video(vid, 1 + i % 3, seed=i))
-        items = [query(qid, 1 + i % 4, text=qid + " text", seed=i) for i, qid in enumerate(WEIRD_IDS)]
+        items = [
+            query(qid, 1 + i % 4, text=qid + " text", seed=i) for i, qid in enumerate(WEIRD_IDS)
+        ]
         w.add_queries([r for r, _ in items], [f for _, f in items])
-    assert sorted(os.listdir(tmp_path)) == ["ids"] and os.listdir(path.parent) == ["c.h5"]
+    assert os.listdir(tmp_path) == ["ids"]
+    assert sorted(os.listdir(path.parent)) == ["c.h5", "c.h5.lock"]  # the cache and its lock
     with FeatureCache(path) as c:
         assert c.video_ids() == WEIRD_IDS and c.query_ids() == WEIRD_IDS
         for i, vid in enumerate(WEIRD_IDS):
@@ -204,6 +211,8 @@ def test_non_cache_and_corrupt_files_give_clear_errors(tmp_path):
         (tmp_path / name).write_bytes(data)
     with h5py.File(tmp_path / "foreign.h5", "w") as f:
         f["x"] = np.arange(3)
+    with h5py.File(tmp_path / "foreign_v3.h5", "w", libver="latest") as f:
+        f["x"] = np.arange(3)
     good = tmp_path / "good.h5"
     with CacheWriter(good, SETTINGS) as w:
         w.add_video(*video("a", 3))
@@ -211,7 +220,8 @@ def test_non_cache_and_corrupt_files_give_clear_errors(tmp_path):
     damaged = bytearray(good.read_bytes())
     damaged[20:40] = b"\xff" * 20  # inside the superblock
     (tmp_path / "damaged.h5").write_bytes(bytes(damaged))
-    for name in ("text.h5", "empty.h5", "foreign.h5", "truncated.h5", "damaged.h5", "missing.h5"):
+    names = ["text.h5", "empty.h5", "foreign.h5", "foreign_v3.h5", "truncated.h5", "damaged.h5"]
+    for name in [*names, "missing.h5"]:
         path = tmp_path / name
         before = sha(path) if path.exists() else None
         for opener in (FeatureCache, read_settings, lambda p: CacheWriter(p, SETTINGS)):
@@ -306,3 +316,53 @@ def test_reader_works_in_forked_workers_and_pickles(cache_path):
     assert {vid: clone.video(vid).tobytes() for vid in clone.video_ids()} == expected
     cache.close()
     clone.close()
+
+
+def _use_writer_in_child(writer: CacheWriter, queue) -> None:
+    try:
+        writer.add_video(*video("from-child"))
+        queue.put("wrote")
+    except CacheError as exc:
+        writer.close()  # must not close the parent's file
+        queue.put(str(exc))
+
+
+def test_a_writer_is_unusable_in_a_forked_child(cache_path):
+    with CacheWriter(cache_path, SETTINGS) as w:
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_use_writer_in_child, args=(w, queue))
+        proc.start()
+        assert "forked process" in queue.get(timeout=60)
+        proc.join(30)
+        w.add_video(*video("from-parent"))  # the parent's writer is intact
+    assert FeatureCache(cache_path).video_ids() == ["from-parent"]
+
+
+@pytest.mark.parametrize("env", ["TRUE", "BEST_EFFORT"])
+def test_works_when_the_environment_forces_hdf5_file_locking(tmp_path, env):
+    """HDF5_USE_FILE_LOCKING overrides locking=False; r2's own lock must not collide with it."""
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from r2.cache import CacheError, CacheWriter, FeatureCache, VideoRecord
+        from tests.test_cache import SETTINGS, video
+        path = {str(tmp_path / "c.h5")!r}
+        with CacheWriter(path, SETTINGS) as w:
+            w.add_video(*video("a"))
+            with FeatureCache(path) as c:  # a reader while the writer is open
+                assert c.video("a").tobytes() == video("a")[1].tobytes()
+            try:
+                CacheWriter(path, SETTINGS)
+                raise SystemExit("second writer was not refused")
+            except CacheError:
+                pass
+        with CacheWriter(path, SETTINGS) as w:
+            w.add_video(*video("b"))
+        assert FeatureCache(path).video_ids() == ["a", "b"]
+        print("ok")
+    """)
+    env_vars = {**os.environ, "HDF5_USE_FILE_LOCKING": env}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], env=env_vars, cwd=repo,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

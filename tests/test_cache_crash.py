@@ -1,7 +1,7 @@
 """Crash safety of r2.cache: SIGKILL a writing process at random moments, then reopen.
 
 A forked child appends many small videos and query batches (re-opening its writer now and
-then, and superseding earlier videos), writing a line to a pipe before each operation
+then, and superseding earlier videos), writing a line to a report before each operation
 ("B"/"O"/"C") and after each committed add ("V vid version" / "Q qid version"). The test
 kills it with SIGKILL after a random delay, then checks that the cache opens, holds every
 reported item with exactly the right content (newest version at least the reported one),
@@ -12,18 +12,24 @@ Set R2_CACHE_KILLS to run more kill rounds than the default 12 (e.g. 300 as a st
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import random
 import signal
-import threading
 import time
 import zlib
 
 import numpy as np
 import pytest
-
-from r2.cache import CacheSettings, CacheWriter, FeatureCache, QueryRecord, VideoRecord
+from r2.cache import (
+    CacheMismatchError,
+    CacheSettings,
+    CacheWriter,
+    FeatureCache,
+    QueryRecord,
+    VideoRecord,
+)
 
 SETTINGS = CacheSettings(
     model_id="tiny", revision=None, k=2, fps=0.5, frame_at="middle", image_size=32,
@@ -59,7 +65,7 @@ def query_item(qid: str, version: int) -> tuple[QueryRecord, np.ndarray]:
 
 def _child(path: str, tag: str, fd: int, seed: int) -> None:
     """Append forever (until killed), reporting each step on the pipe `fd`."""
-    out = os.fdopen(fd, "w", buffering=1)
+    out = os.fdopen(fd, "w", buffering=1, encoding="utf-8", errors="surrogatepass")
     rng = random.Random(seed)
     versions: dict[str, int] = {}
     ops = 0
@@ -92,22 +98,25 @@ def _child(path: str, tag: str, fd: int, seed: int) -> None:
     os._exit(0)
 
 
-def _run_and_kill(path: str, tag: str, rng: random.Random) -> tuple[list[list[str]], str]:
-    """Run a child writer, SIGKILL it after a random delay; its lines and last phase."""
+def _run_and_kill(path: str, tag: str, rng: random.Random, report: str
+                  ) -> tuple[list[list[str]], str]:  # fmt: skip
+    """Run a child writer, SIGKILL it after a random delay; its lines and last phase.
+
+    The child reports to a regular file, not a pipe: a pipe write wakes the parent, and the
+    scheduler then tends to preempt the child right there, so kills would cluster between
+    operations instead of landing inside them.
+    """
+    fd = os.open(report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     ctx = multiprocessing.get_context("fork")
-    read_fd, write_fd = os.pipe()
-    proc = ctx.Process(target=_child, args=(path, tag, write_fd, rng.randrange(2**31)))
+    proc = ctx.Process(target=_child, args=(path, tag, fd, rng.randrange(2**31)))
     proc.start()
-    os.close(write_fd)
-    chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(read_fd, 65536), b"")))
-    reader.start()  # drain the pipe so that the child never blocks on it
+    os.close(fd)
     time.sleep(rng.uniform(0, MAX_DELAY_S))
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()
-    reader.join()
-    os.close(read_fd)
-    lines = [line.split("\t") for line in b"".join(chunks).decode().splitlines()]
+    with open(report, encoding="utf-8") as fh:
+        lines = [line.rstrip("\n").split("\t") for line in fh]
+    os.remove(report)
     last = lines[-1][0] if lines else "start"
     phase = {"B": "add", "O": "open", "C": "close", "start": "start"}.get(last, "between")
     return lines, phase
@@ -155,7 +164,7 @@ def test_sigkill_at_random_moments_keeps_every_committed_item(tmp_path):
     phases: dict[str, int] = {}
     for round_ in range(KILL_ROUNDS):
         tag = f"r{round_}"
-        lines, phase = _run_and_kill(path, tag, rng)
+        lines, phase = _run_and_kill(path, tag, rng, str(tmp_path / "report.txt"))
         phases[phase] = phases.get(phase, 0) + 1
         for fields in lines:
             if fields[0] == "V":
@@ -175,6 +184,8 @@ def test_sigkill_at_random_moments_keeps_every_committed_item(tmp_path):
             writer.add_video(*video_item(f"{tag}/after-crash", 0))
         videos[f"{tag}/after-crash"] = 0
         _check_cache(path, videos, queries, None)
+        if (round_ + 1) % 25 == 0:
+            print(f"round {round_ + 1}: {phases}", flush=True)
     print(f"\n{KILL_ROUNDS} kills; phase at kill: {phases}; {len(videos)} videos, "
           f"{len(queries)} queries committed")  # fmt: skip
     assert len(videos) > KILL_ROUNDS  # the children really wrote
@@ -191,7 +202,7 @@ def test_kill_leaves_a_cache_that_a_reader_opens_while_flags_are_set(tmp_path, k
     read_fd, write_fd = os.pipe()
 
     def child() -> None:
-        writer = CacheWriter(path, SETTINGS)  # noqa: F841 - killed while open
+        writer = CacheWriter(path, SETTINGS)
         if kill_after == "add":
             writer.add_video(*video_item("second", 0))
         os.write(write_fd, b"x")
@@ -202,8 +213,17 @@ def test_kill_leaves_a_cache_that_a_reader_opens_while_flags_are_set(tmp_path, k
     os.read(read_fd, 1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()
+    with open(path, "rb") as fh:
+        crashed = fh.read()
+    assert crashed[11] != 0  # the superblock still says "open for write"
+    with pytest.raises(CacheMismatchError, match="k: 2 vs 3"):
+        CacheWriter(path, dataclasses.replace(SETTINGS, k=3))
+    with open(path, "rb") as fh:
+        assert fh.read() == crashed  # refused: byte-for-byte untouched
     expected = {"kept": 0} if kill_after == "open" else {"kept": 0, "second": 0}
-    _check_cache(path, expected, {}, None)
+    _check_cache(path, expected, {}, None)  # the reader recovers the flags
+    with open(path, "rb") as fh:
+        assert fh.read(12)[11] == 0
     with CacheWriter(path, SETTINGS) as writer:
         assert writer.video_is_current("kept", 0, 0.25)
         writer.add_video(*video_item("third", 0))

@@ -233,6 +233,33 @@ def test_fast_path_skips_intervals_without_clips(vids, monkeypatch):
     assert len(decoded) == 150  # the 15 intervals holding a clip frame, none of the other 15
 
 
+def test_seek_landing_after_the_target_rereads_from_the_start(vids, monkeypatch, caplog):
+    caplog.set_level("DEBUG", logger=dec.__name__)
+    path = vids("gop10.mp4", 300, fps=10, keyint=10)
+    original = dec._PacketReader._seek_stamp
+    monkeypatch.setattr(dec, "SEEK_MIN_PACKETS", 0)
+    monkeypatch.setattr(
+        dec._PacketReader, "_seek_stamp", lambda self, t: original(self, min(t + 25, 299))
+    )
+    assert indices(decode_video(path, FPS, S)) == [20 * i + 9 for i in range(15)]
+    assert "rereading" in caplog.text
+
+
+def test_fast_path_anomaly_falls_back_to_sequential(vids, monkeypatch, caplog):
+    path = vids("gop10.mp4", 300, fps=10, keyint=10)
+    original = dec._PacketReader.decode
+
+    def losing(self, start, end):  # the decoder "loses" the frame of the fourth clip
+        for frame in original(self, start, end):
+            if frame.pts != 69 * 1024:  # frame 69 in the 1/10240 time base of the mp4
+                yield frame
+
+    monkeypatch.setattr(dec._PacketReader, "decode", losing)
+    video = decode_video(path, FPS, S)
+    assert indices(video) == [20 * i + 9 for i in range(15)]
+    assert "decoding every frame instead" in caplog.text  # after 3 clips came the fast way
+
+
 def test_grid_origin_is_the_container_start(vids):
     # audio from 0 s, video from 1.2 s: ffmpeg's clip ticks stay on the container's clock
     pts = [1200 + 100 * k for k in range(200)]  # 10 fps until 21.1 s

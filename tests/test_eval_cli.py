@@ -4,9 +4,8 @@ import json
 
 import pytest
 import typer
-from typer.testing import CliRunner
-
 from r2.evaluate.cli import eval_command
+from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -30,11 +29,16 @@ def _files(tmp_path, pred_rows, gt_rows):
 def test_eval_prints_table_and_writes_json(app, tmp_path):
     pred, gt = _files(
         tmp_path,
-        [{"qid": 1, "pred_relevant_windows": [[0, 10, 1]]}, {"qid": 2, "pred_relevant_windows": [[0, 3]]}],
+        [
+            {"qid": 1, "pred_relevant_windows": [[0, 10, 1]]},
+            {"qid": 2, "pred_relevant_windows": [[0, 3]]},
+        ],
         [{"qid": 1, "relevant_windows": [[0, 10]]}, {"qid": 2, "relevant_windows": [[0, 10]]}],
     )
     out = tmp_path / "sub" / "metrics.json"
-    result = runner.invoke(app, ["eval", "--pred", str(pred), "--gt", str(gt), "-d", "charades", "--out", str(out)])
+    result = runner.invoke(
+        app, ["eval", "--pred", str(pred), "--gt", str(gt), "-d", "charades", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "Charades-STA: 2 queries scored" in result.output and "R1@0.3" in result.output
     metrics = json.loads(out.read_text())
@@ -42,7 +46,11 @@ def test_eval_prints_table_and_writes_json(app, tmp_path):
 
 
 def test_eval_reports_bad_input_with_location(app, tmp_path):
-    pred, gt = _files(tmp_path, [{"qid": 1, "pred_relevant_windows": [[5, 1, 1]]}], [{"qid": 1, "relevant_windows": [[0, 1]]}])
+    pred, gt = _files(
+        tmp_path,
+        [{"qid": 1, "pred_relevant_windows": [[5, 1, 1]]}],
+        [{"qid": 1, "relevant_windows": [[0, 1]]}],
+    )
     result = runner.invoke(app, ["eval", "--pred", str(pred), "--gt", str(gt)])
     assert result.exit_code == 1
     assert f"{pred}:1: field 'pred_relevant_windows[0]': start 5 > end 1" in result.output
@@ -53,15 +61,24 @@ def test_eval_rejects_bad_options(app, tmp_path):
     assert runner.invoke(app, ["eval", "--gt", str(gt)]).exit_code == 2  # --pred missing
     result = runner.invoke(app, ["eval", "--pred", str(pred), "--gt", str(gt), "-d", "activitynet"])
     assert result.exit_code == 2
-    bad = runner.invoke(app, ["eval", "--pred", str(pred), "--gt", str(gt), "-d", "tvsum", "--by-query-length"])
+    bad = runner.invoke(
+        app, ["eval", "--pred", str(pred), "--gt", str(gt), "-d", "tvsum", "--by-query-length"]
+    )
     assert bad.exit_code == 2
 
 
 def test_eval_on_official_sample(app, testdata, tmp_path):
     qvh = testdata / "qvhighlights"
     out = tmp_path / "m.json"
-    args = ["eval", "--pred", str(qvh / "official_eval_sample" / "sample_val_preds.jsonl"),
-            "--gt", str(qvh / "highlight_val_release.jsonl"), "--out", str(out)]  # fmt: skip
+    args = [
+        "eval",
+        "--pred",
+        str(qvh / "official_eval_sample" / "sample_val_preds.jsonl"),
+        "--gt",
+        str(qvh / "highlight_val_release.jsonl"),
+        "--out",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "53.94" in result.output and "35.65" in result.output

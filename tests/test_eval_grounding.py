@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from r2.evaluate import evaluate, evaluate_records
 from r2.evaluate.grounding import top_k_iou
 from r2.evaluate.iou import cross_iou, paired_iou
@@ -38,8 +37,11 @@ def test_recall_and_miou_by_hand(dataset):
 def test_threshold_is_inclusive_and_best_gt_window_is_used():
     # [0, 5] vs [0, 10]: IoU exactly 0.5 counts at 0.5. With two GT windows R1 uses the
     # one the first prediction overlaps most.
-    m = evaluate_records([_pred(1, [[0, 5, 1]]), _pred(2, [[20, 30, 1]])],
-                         [_gt(1, [[0, 10]]), _gt(2, [[0, 10], [20, 31]])], dataset="charades")  # fmt: skip
+    m = evaluate_records(
+        [_pred(1, [[0, 5, 1]]), _pred(2, [[20, 30, 1]])],
+        [_gt(1, [[0, 10]]), _gt(2, [[0, 10], [20, 31]])],
+        dataset="charades",
+    )
     assert m["R1@0.5"] == 100.0 and m["R1@0.7"] == 50.0
 
 
@@ -64,14 +66,19 @@ def _read(path):
 
 @pytest.mark.parametrize(
     ("folder", "name", "dataset"),
-    [("charades", "charades_test_release.jsonl", "charades"), ("tacos", "tacos_test_release.jsonl", "tacos")],
+    [
+        ("charades", "charades_test_release.jsonl", "charades"),
+        ("tacos", "tacos_test_release.jsonl", "tacos"),
+    ],
 )
 def test_real_annotations_against_themselves(testdata, tmp_path, folder, name, dataset):
     gt_path = testdata / "datasets" / "unified" / folder / name
     rows = _read(gt_path)
     pred_path = tmp_path / "pred.jsonl"
     pred_path.write_text(
-        "\n".join(json.dumps(_pred(r["qid"], [[*w, 1.0] for w in r["relevant_windows"]])) for r in rows)
+        "\n".join(
+            json.dumps(_pred(r["qid"], [[*w, 1.0] for w in r["relevant_windows"]])) for r in rows
+        )
     )
     m = evaluate(pred_path, gt_path, dataset=dataset)
     assert m["n_queries"] == len(rows) and m["n_no_gt"] == 0

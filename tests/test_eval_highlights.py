@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from r2.evaluate import evaluate, evaluate_records
 from r2.evaluate.ap import ranked_ap
 from r2.evaluate.highlights import rank_clips, tvsum_ap
@@ -54,7 +53,9 @@ def test_saliency_length_mismatch_and_empty():
     gts = [_yt("a", [0, 0, 1], "dog")]
     # clip 2 ranks 3rd: recall 1 at precision 1/3 after two misses -> (0 + 1/3) / 2
     assert evaluate_records([_sal("a", [0.1, 0.9])], gts, dataset="youtube")["mAP"] == 16.67
-    assert evaluate_records([_sal("a", [0.1, 0.2, 0.9, 5.0])], gts, dataset="youtube")["mAP"] == 100.0
+    assert (
+        evaluate_records([_sal("a", [0.1, 0.2, 0.9, 5.0])], gts, dataset="youtube")["mAP"] == 100.0
+    )
     assert evaluate_records([_sal("a", [])], gts, dataset="youtube")["mAP"] == 0.0
 
 
@@ -83,16 +84,26 @@ def _read(path):
 
 
 def test_youtube_real_labels_against_themselves(testdata, tmp_path):
-    gt_path = testdata / "datasets" / "unified" / "youtube_highlight" / "youtube_highlight_val_release.jsonl"
+    gt_path = (
+        testdata
+        / "datasets"
+        / "unified"
+        / "youtube_highlight"
+        / "youtube_highlight_val_release.jsonl"
+    )
     rows = _read(gt_path)
     pred_path = tmp_path / "pred.jsonl"
-    pred_path.write_text("\n".join(json.dumps(_sal(r["qid"], [x[0] for x in r["label"]])) for r in rows))
+    pred_path.write_text(
+        "\n".join(json.dumps(_sal(r["qid"], [x[0] for x in r["label"]])) for r in rows)
+    )
     m = evaluate(pred_path, gt_path, dataset="youtube")
     domains = ["dog", "gymnastics", "parkour", "skating", "skiing", "surfing"]
     assert [k for k in m if k.startswith("mAP-")] == [f"mAP-{d}" for d in domains]
     assert all(m[f"mAP-{d}"] == 100.0 for d in domains) and m["mAP"] == 100.0
     # reversed ranking is much worse
-    rev = evaluate_records([_sal(r["qid"], [-x[0] for x in r["label"]]) for r in rows], rows, dataset="youtube")
+    rev = evaluate_records(
+        [_sal(r["qid"], [-x[0] for x in r["label"]]) for r in rows], rows, dataset="youtube"
+    )
     assert rev["mAP"] < 60
 
 

@@ -3,15 +3,26 @@
 import json
 
 import pytest
-
 from r2.evaluate import EvalInputError, evaluate, evaluate_records
 
 GT = [
-    {"qid": 1, "query": "q", "duration": 8, "relevant_windows": [[0, 4]],
-     "relevant_clip_ids": [0, 1], "saliency_scores": [[4, 4, 4], [1, 2, 3]]},
-    {"qid": 2, "query": "q", "duration": 8, "relevant_windows": [[2, 6]],
-     "relevant_clip_ids": [1], "saliency_scores": [[4, 4, 4]]},
-]  # fmt: skip
+    {
+        "qid": 1,
+        "query": "q",
+        "duration": 8,
+        "relevant_windows": [[0, 4]],
+        "relevant_clip_ids": [0, 1],
+        "saliency_scores": [[4, 4, 4], [1, 2, 3]],
+    },
+    {
+        "qid": 2,
+        "query": "q",
+        "duration": 8,
+        "relevant_windows": [[2, 6]],
+        "relevant_clip_ids": [1],
+        "saliency_scores": [[4, 4, 4]],
+    },
+]
 
 
 def _pred(qid, windows=None, saliency=None):
@@ -62,28 +73,63 @@ def test_start_after_end(tmp_path, gt_file):
 
 def test_nan_score_and_nan_saliency(tmp_path, gt_file):
     nan_score = '{"qid": 2, "pred_relevant_windows": [[0, 4, NaN]], "pred_saliency_scores": [1]}'
-    _check(tmp_path, gt_file, [json.dumps(_pred(1)), nan_score],
-           "{pred}:2: field 'pred_relevant_windows[0]': element 2 must be a finite number, got nan")  # fmt: skip
+    _check(
+        tmp_path,
+        gt_file,
+        [json.dumps(_pred(1)), nan_score],
+        "{pred}:2: field 'pred_relevant_windows[0]': element 2 must be a finite number, got nan",
+    )
     nan_sal = '{"qid": 2, "pred_relevant_windows": [[0, 4, 1]], "pred_saliency_scores": [1, NaN]}'
-    _check(tmp_path, gt_file, [json.dumps(_pred(1)), nan_sal],
-           "{pred}:2: field 'pred_saliency_scores[1]': must be a finite number")  # fmt: skip
+    _check(
+        tmp_path,
+        gt_file,
+        [json.dumps(_pred(1)), nan_sal],
+        "{pred}:2: field 'pred_saliency_scores[1]': must be a finite number",
+    )
 
 
 def test_window_shape_and_type(tmp_path, gt_file):
-    _check(tmp_path, gt_file, [json.dumps(_pred(1, [[0, 4]])), json.dumps(_pred(2))],
-           "{pred}:1: field 'pred_relevant_windows[0]': must be a list of 3 numbers")  # fmt: skip
-    _check(tmp_path, gt_file, [json.dumps(_pred(1, [[0, "4", 1]])), json.dumps(_pred(2))],
-           "element 1 must be a finite number, got '4'")  # fmt: skip
+    _check(
+        tmp_path,
+        gt_file,
+        [json.dumps(_pred(1, [[0, 4]])), json.dumps(_pred(2))],
+        "{pred}:1: field 'pred_relevant_windows[0]': must be a list of 3 numbers",
+    )
+    _check(
+        tmp_path,
+        gt_file,
+        [json.dumps(_pred(1, [[0, "4", 1]])), json.dumps(_pred(2))],
+        "element 1 must be a finite number, got '4'",
+    )
 
 
 def test_qids_must_match(tmp_path, gt_file):
-    _check(tmp_path, gt_file, [json.dumps(_pred(1)), json.dumps(_pred(2)), json.dumps(_pred(7))],
-           "1 predicted qid(s) are not in the ground truth", "qid 7 at {pred}:3")  # fmt: skip
-    _check(tmp_path, gt_file, [json.dumps(_pred(1))],
-           "1 ground-truth qid(s) have no prediction in {pred}", "qid 2 at {gt}:2")  # fmt: skip
-    _check(tmp_path, gt_file, [json.dumps(_pred(1)), json.dumps(_pred(1))],
-           "{pred}:2: field 'qid': duplicate qid 1 (first at {pred}:1)")  # fmt: skip
-    _check(tmp_path, gt_file, [json.dumps({"pred_relevant_windows": []})], "{pred}:1: field 'qid': missing")
+    _check(
+        tmp_path,
+        gt_file,
+        [json.dumps(_pred(1)), json.dumps(_pred(2)), json.dumps(_pred(7))],
+        "1 predicted qid(s) are not in the ground truth",
+        "qid 7 at {pred}:3",
+    )
+    _check(
+        tmp_path,
+        gt_file,
+        [json.dumps(_pred(1))],
+        "1 ground-truth qid(s) have no prediction in {pred}",
+        "qid 2 at {gt}:2",
+    )
+    _check(
+        tmp_path,
+        gt_file,
+        [json.dumps(_pred(1)), json.dumps(_pred(1))],
+        "{pred}:2: field 'qid': duplicate qid 1 (first at {pred}:1)",
+    )
+    _check(
+        tmp_path,
+        gt_file,
+        [json.dumps({"pred_relevant_windows": []})],
+        "{pred}:1: field 'qid': missing",
+    )
 
 
 def test_allow_partial_scores_shared_queries_and_counts(tmp_path, gt_file):
@@ -95,18 +141,26 @@ def test_allow_partial_scores_shared_queries_and_counts(tmp_path, gt_file):
 
 def test_some_lines_without_a_field(tmp_path, gt_file):
     no_sal = {"qid": 2, "pred_relevant_windows": [[2, 6, 1]]}
-    _check(tmp_path, gt_file, [json.dumps(_pred(1)), json.dumps(no_sal)],
-           "{pred}:2: field 'pred_saliency_scores': missing (other lines have it)")  # fmt: skip
+    _check(
+        tmp_path,
+        gt_file,
+        [json.dumps(_pred(1)), json.dumps(no_sal)],
+        "{pred}:2: field 'pred_saliency_scores': missing (other lines have it)",
+    )
 
 
 def test_bad_ground_truth(tmp_path):
     bad = [{**GT[0], "relevant_clip_ids": [0, 4]}]  # duration 8 -> clips 0..3
-    with pytest.raises(EvalInputError, match=r"ground truth\[item 0\]: field 'relevant_clip_ids\[1\]'"):
+    with pytest.raises(
+        EvalInputError, match=r"ground truth\[item 0\]: field 'relevant_clip_ids\[1\]'"
+    ):
         evaluate_records([_pred(1)], bad)
     with pytest.raises(EvalInputError, match="start 6 > end 2"):
         evaluate_records([_pred(1)], [{**GT[0], "relevant_windows": [[6, 2]]}])
     with pytest.raises(EvalInputError, match="field 'domain'"):
-        evaluate_records([{"qid": 1, "pred_saliency_scores": [1]}], [{"qid": 1, "label": [1]}], dataset="youtube")
+        evaluate_records(
+            [{"qid": 1, "pred_saliency_scores": [1]}], [{"qid": 1, "label": [1]}], dataset="youtube"
+        )
 
 
 def test_in_memory_locations_and_missing_file(tmp_path):
@@ -123,5 +177,35 @@ def test_json_array_file_and_string_qids(tmp_path, gt_file):
     pred.write_text(json.dumps([_pred("1"), _pred("2", [[2, 6, 1]])]))  # qids compared as strings
     assert evaluate(pred, gt_file)["MR-full-mAP"] == 100.0
     pred.write_text(json.dumps([_pred(1), _pred(2, [[9, 1, 1]])]))
-    with pytest.raises(EvalInputError, match=r"pred.json\[item 1\]: field 'pred_relevant_windows\[0\]'"):
+    with pytest.raises(
+        EvalInputError, match=r"pred.json\[item 1\]: field 'pred_relevant_windows\[0\]'"
+    ):
         evaluate(pred, gt_file)
+
+
+def test_in_memory_numpy_values_are_accepted():
+    import numpy as np
+
+    preds = [
+        {"qid": np.int64(1), "pred_relevant_windows": np.array([[0, 4, 0.9]], dtype=np.float32),
+         "pred_saliency_scores": np.array([0.9, 0.1, 0.0, 0.0], dtype=np.float32)},
+        {"qid": 2, "pred_relevant_windows": [(np.float32(2), np.float32(6), np.float32(1))],
+         "pred_saliency_scores": [np.float32(0), np.float32(1)]},
+    ]  # fmt: skip
+    m = evaluate_records(preds, GT)
+    assert m["MR-full-mAP"] == 100.0 and m["n_queries"] == 2
+    with pytest.raises(
+        EvalInputError, match=r"predictions\[item 0\]: field 'pred_saliency_scores\[1\]'"
+    ):
+        evaluate_records(
+            [{**preds[0], "pred_saliency_scores": np.array([0.0, np.nan])}, preds[1]], GT
+        )
+
+
+def test_empty_label_is_rejected():
+    with pytest.raises(EvalInputError, match="field 'label': must be a non-empty list"):
+        evaluate_records(
+            [{"qid": 1, "pred_saliency_scores": [1]}],
+            [{"qid": 1, "label": [], "domain": "d"}],
+            "tvsum",
+        )

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from r2.evaluate import evaluate, evaluate_records, official_layout
 from r2.evaluate.qvhighlights import MAP_THRESHOLDS
 
@@ -111,7 +110,9 @@ def test_length_ranges_filter_gt_windows():
 def test_zero_length_windows_and_queries_without_gt():
     # A zero-length window has IoU 0 with everything (documented; the original gets 0/0).
     # It is not in the "short" range (0 < length <= 10).
-    m = evaluate_records([_mr(1, [[5, 5, 0.9]]), _mr(2, [[0, 4, 1]])], [_gt(1, [[5, 5]]), _gt(2, [])])
+    m = evaluate_records(
+        [_mr(1, [[5, 5, 0.9]]), _mr(2, [[0, 4, 1]])], [_gt(1, [[5, 5]]), _gt(2, [])]
+    )
     assert m["MR-full-mAP"] == 0.0 and m["MR-full-R1@0.5"] == 0.0
     assert "MR-short-mAP" not in m
     assert m["n_no_gt"] == 1 and m["n_queries"] == 2  # query 2 has no GT window: not in MR
@@ -186,7 +187,9 @@ def test_query_length_breakdown():
 def test_gt_as_prediction_on_test_split(testdata):
     rows = [
         json.loads(line)
-        for line in (testdata / "qvhighlights" / "highlight_test_with_gt.jsonl").read_text().splitlines()
+        for line in (testdata / "qvhighlights" / "highlight_test_with_gt.jsonl")
+        .read_text()
+        .splitlines()
     ]
     preds = [_mr(r["qid"], [[s, e, 1.0] for s, e in r["relevant_windows"]]) for r in rows]
     m = evaluate_records(preds, rows)

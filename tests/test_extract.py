@@ -1,4 +1,4 @@
-"""extract(): real files, skips with reasons, incremental runs, settings mismatch, CLI exit codes."""
+"""extract(): real files, skips with reasons, incremental runs, mismatches, CLI exit codes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from typer.testing import CliRunner
-
 from r2.cache import CacheMismatchError, FeatureCache, read_settings
 from r2.extract import ExtractSummary, InputError, default_out, extract
 from r2.extract.cli import extract_command
@@ -19,6 +17,7 @@ from r2.extract.decode import decode_video
 from r2.extract.encode import ClipEncoder
 from r2.extract.pipeline import SkipError
 from r2.extract.tiny_clip import make_tiny_clip
+from typer.testing import CliRunner
 
 BAD = {"corrupt", "no_video"}  # testdata folders whose every file must be skipped
 
@@ -99,7 +98,8 @@ def test_incremental_runs_skip_current_items_and_redo_changed_ones(tmp_path, vid
     assert not again.videos_done and sorted(again.videos_cached) == sorted(first.videos_done)
     assert again.queries_done == 0 and again.queries_cached == 2 and again.usable
     os.utime(src / "mmaction2_test.avi", (1e9, 1e9))  # a changed source is re-extracted
-    _anno(anno, [{"qid": 1, "query": "a woman"}, {"qid": "x", "query": "b"}, {"qid": 3, "query": "c"}])
+    rows = [{"qid": 1, "query": "a woman"}, {"qid": "x", "query": "b"}, {"qid": 3, "query": "c"}]
+    _anno(anno, rows)
     third = extract([src], out, [anno], model=tiny, workers=0)
     assert third.videos_done == ["mmaction2_test"] and third.videos_cached == ["mmaction2_demo"]
     assert (third.queries_done, third.queries_cached) == (2, 1)

@@ -7,7 +7,7 @@ commits). The test kills the child with SIGKILL after a random delay, re-runs, a
 every kill checks the cache: it opens, every item in it appears once and holds exactly the
 features of a clean uninterrupted run. The last run must complete and leave the full cache.
 
-Set R2_EXTRACT_KILLS to run more kill rounds than the default 10.
+Set R2_EXTRACT_KILLS to run more kill rounds than the default 12.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import videogen as vg
-
 from r2.cache import FeatureCache
 from r2.extract.tiny_clip import make_tiny_clip
 
-KILL_ROUNDS = int(os.environ.get("R2_EXTRACT_KILLS", "10"))
+KILL_ROUNDS = int(os.environ.get("R2_EXTRACT_KILLS", "12"))
 RUN_TIMEOUT_S = 120  # one extract run of the tiny set takes a few seconds
-N_VIDEOS = 8
+N_VIDEOS = 12
 N_QUERIES = 40
+LOADED = "loaded CLIP"  # logged twice: settings read, then towers loaded (writes follow)
 
 # Forks a child per command line (extract kwargs as JSON); prints the child's pid, then its
 # exit status once it ended WITHOUT reaping it, so its pid can't be reused before the test
@@ -50,7 +50,7 @@ for line in sys.stdin:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         os.dup2(fd, 1); os.dup2(fd, 2)
         import logging
-        logging.basicConfig(level=logging.INFO)
+        logging.basicConfig(level=logging.INFO, format="%(relativeCreated)d %(message)s")
         try:
             r2.extract.extract(**kwargs)
         except BaseException:
@@ -70,25 +70,48 @@ class Zygote:
 
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
+        # One torch thread: OpenMP barriers crawl on a loaded machine with a tiny model.
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True, start_new_session=True,
-        )  # fmt: skip
+            [sys.executable, "-c", ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         self.runs = 0
+        self._buffer = b""
 
     def _line(self, timeout: float | None) -> str | None:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        return self.proc.stdout.readline().strip() if ready else None
+        """The zygote's next output line, or None after `timeout` s (unbuffered reads)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.proc.stdout.fileno()], [], [], left)[0]:
+                return None
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
+            assert chunk, "the zygote process died"
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode().strip()
 
-    def run(self, kill_after: float | None, **kwargs) -> tuple[bool, float]:
-        """One extract run; SIGKILL after `kill_after` s. Returns (completed cleanly, seconds)."""
+    def _log_shows(self, log: Path, text: str) -> bool:
+        return not text or (log.exists() and log.read_text().count(text) >= 2)
+
+    def run(self, kill_after: float | None, after: str = "", **kwargs) -> tuple[bool, float]:
+        """One extract run, SIGKILLed `kill_after` s after its log shows `after` twice (if it
+        still runs). Returns (completed cleanly, seconds from then to the end)."""
         self.runs += 1
-        kwargs["log"] = str(self.log_dir / f"run{self.runs}.log")
-        self.proc.stdin.write(json.dumps(kwargs) + "\n")
+        log = self.log_dir / f"run{self.runs}.log"
+        self.proc.stdin.write(json.dumps({**kwargs, "log": str(log)}) + "\n")
         self.proc.stdin.flush()
         pid = int(self._line(RUN_TIMEOUT_S))
+        status = None
+        while status is None and not self._log_shows(log, after):
+            status = self._line(0.01)
         began = time.perf_counter()
-        status = self._line(kill_after)
+        if status is None:
+            status = self._line(kill_after)
         if status is None:
             os.kill(pid, signal.SIGKILL)  # still running (not reaped: the pid is still its own)
             status = self._line(RUN_TIMEOUT_S)
@@ -98,8 +121,7 @@ class Zygote:
         self.proc.stdin.flush()
         code, value = map(int, status.split())
         exited = code == os.CLD_EXITED
-        log = Path(kwargs["log"]).read_text()
-        assert not exited or value == 0, f"run {self.runs} failed:\n{log}"
+        assert not exited or value == 0, f"run {self.runs} failed:\n{log.read_text()}"
         return exited, seconds
 
     def close(self) -> None:
@@ -112,8 +134,10 @@ class Zygote:
             except ProcessLookupError:
                 return
             time.sleep(0.2)
+        ps = ["ps", "-ww", "-o", "pid,ppid,stat,etime,args", "-g", str(self.proc.pid)]
+        alive = subprocess.run(ps, capture_output=True, text=True).stdout
         os.killpg(self.proc.pid, signal.SIGKILL)
-        pytest.fail("processes of killed runs were still alive 10 s after the last run")
+        pytest.fail(f"processes of killed runs still alive 10 s after the last run:\n{alive}")
 
 
 def _dataset(root: Path) -> tuple[Path, Path]:
@@ -153,18 +177,22 @@ def test_killed_runs_leave_a_valid_cache_and_resume(tmp_path):
     videos, anno = _dataset(tmp_path)
     model = str(make_tiny_clip(tmp_path / "tiny"))
     args = {"inputs": [str(videos)], "annotations": [str(anno)], "model": model,
-            "workers": 1, "batch_frames": 4}  # fmt: skip
+            "workers": 1, "batch_frames": 2}  # fmt: skip
     zygote = Zygote(tmp_path)
     try:
         done, clean_s = zygote.run(None, out=str(tmp_path / "clean.h5"), **args)
         assert done
+        _, tail_s = zygote.run(None, LOADED, out=str(tmp_path / "clean2.h5"), **args)
         reference = _contents(tmp_path / "clean.h5")
         assert len(reference[0]) == N_VIDEOS and len(reference[1]) == N_QUERIES
         rng = random.Random(0)
         out = tmp_path / "killed.h5"
         counts, kills = [], 0
         while kills < KILL_ROUNDS:
-            done, _ = zygote.run(rng.uniform(0, clean_s), out=str(out), **args)
+            # a third of the kills anywhere in the run (also while the file is created),
+            # the others once the towers are loaded, when items are being written
+            after, span = ("", clean_s) if kills % 3 == 0 else (LOADED, 0.7 * tail_s)
+            done, _ = zygote.run(rng.uniform(0, span), after, out=str(out), **args)
             kills += not done
             counts.append(_check_subset(out, reference))
             if done:  # finished before the kill: start over so every round can be cut short
@@ -175,5 +203,6 @@ def test_killed_runs_leave_a_valid_cache_and_resume(tmp_path):
         assert _check_subset(out, reference) == N_VIDEOS + N_QUERIES
         assert final[0].keys() == reference[0].keys() and final[1].keys() == reference[1].keys()
         assert any(0 < c < N_VIDEOS + N_QUERIES for c in counts), f"no kill mid-run: {counts}"
+        print("items after each killed run:", counts)
     finally:
         zygote.close()

@@ -4,9 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
-
 from r2.evaluate.postprocess import postprocess_windows, upsample_saliency
+from safetensors.numpy import load_file
 
 f32 = np.float32
 
@@ -24,7 +23,9 @@ def test_clamp_then_round_only_rows_ending_before_duration():
     assert np.array_equal(out, np.array(expected, dtype=f32))  # "none": no NMS, no sort
     assert raw[0, 0] == -1.2  # input untouched
     no_unit = postprocess_windows(raw, duration=10.0, unit=None, nms="none")
-    assert np.array_equal(no_unit[:, :2], np.array([[0, 3.1], [7.3, 10], [5, 9], [1, 3]], dtype=f32))
+    assert np.array_equal(
+        no_unit[:, :2], np.array([[0, 3.1], [7.3, 10], [5, 9], [1, 3]], dtype=f32)
+    )
 
 
 RAW = np.array([[0, 10, 0.9], [1, 10, 0.8], [0, 5, 0.95], [20, 30, 0.5]])
@@ -34,10 +35,14 @@ def test_normal_nms_suppresses_at_iou_at_least_threshold():
     # [0,5] first; IoU with [0,10] is exactly 0.5 -> suppressed at threshold 0.5 (>=), while
     # [1,10] (IoU 0.4) survives. Suppressed rows stay, with score 0, at the end.
     out = postprocess_windows(RAW, 100.0, None, "normal", 0.5)
-    assert np.array_equal(out, np.array([[0, 5, 0.95], [1, 10, 0.8], [20, 30, 0.5], [0, 10, 0]], dtype=f32))
+    assert np.array_equal(
+        out, np.array([[0, 5, 0.95], [1, 10, 0.8], [20, 30, 0.5], [0, 10, 0]], dtype=f32)
+    )
     # At 0.7: [0,10] survives and then suppresses [1,10] (IoU 0.9).
     out = postprocess_windows(RAW, 100.0, None, "normal", 0.7)
-    assert np.array_equal(out, np.array([[0, 5, 0.95], [0, 10, 0.9], [20, 30, 0.5], [1, 10, 0]], dtype=f32))
+    assert np.array_equal(
+        out, np.array([[0, 5, 0.95], [0, 10, 0.9], [20, 30, 0.5], [1, 10, 0]], dtype=f32)
+    )
 
 
 def test_linear_nms_scales_scores():
@@ -108,7 +113,10 @@ def test_saliency_from_class_scores_matches_original(testdata):
     tensors, sample = _reference(testdata)
     probs = 1 / (1 + np.exp(-tensors["class_logits_0"][:, 0].astype(np.float64)))
     levels = np.split(probs, np.cumsum(sample["pyramid_level_sizes"])[:-1])
-    video, query = tensors["video_emb_0"].astype(np.float64), tensors["query_emb_0"].astype(np.float64)
+    video, query = (
+        tensors["video_emb_0"].astype(np.float64),
+        tensors["query_emb_0"].astype(np.float64),
+    )
     cosine = video @ query / (np.linalg.norm(video, axis=1) * np.linalg.norm(query))
     saliency = upsample_saliency(levels, sample["T"]) * cosine
     assert np.allclose(saliency, tensors["saliency_0"], rtol=0, atol=1e-6)

@@ -169,3 +169,15 @@ def test_preload_auto_decides_from_free_memory(monkeypatch, caplog):
         D.resolve_preload("gpu", 1, cpu)
     with pytest.raises(ValueError, match="preload must be one of"):
         D.resolve_preload("disk", 1, cpu)
+
+
+def test_tacos_ids_map_to_the_camera_files(tmp_path):
+    annos = make_annotations(2)
+    cached = [{**a, "vid": f"s1{i}-d2{i}-cam-002"} for i, a in enumerate(annos)]
+    cache = make_cache(tmp_path / "c.h5", cached)
+    annos = [{**a, "vid": f"s1{i}-d2{i}"} for i, a in enumerate(annos)]
+    path = write_jsonl(tmp_path / "a.jsonl", annos)
+    with FeatureCache(cache) as fc:
+        items = D.prepare_items(D.read_annotations(path), fc, "tacos", train=True)
+    assert [it.anno.vid for it in items] == ["s10-d20-cam-002", "s11-d21-cam-002"]
+    assert items[0].anno.data["vid"] == "s10-d20"  # predictions keep the annotation's id

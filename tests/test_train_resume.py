@@ -39,9 +39,18 @@ EPOCHS, BATCH, N_TRAIN = 3, 4, 8  # 8 queries x 4 repeats / 4 = 8 steps per epoc
 
 
 def _common(data: dict, out: Path) -> dict:
-    return {"cache": str(data["cache"]), "train_anno": str(data["train"]),
-            "val_anno": str(data["val"]), "out": str(out), "device": "cpu", "epochs": EPOCHS,
-            "batch_size": BATCH, "warmup": 5, "seed": 7, "save_every": 3, "config": TINY}  # fmt: skip
+    paths = {"cache": data["cache"], "train_anno": data["train"], "val_anno": data["val"]}
+    return {
+        **{k: str(v) for k, v in paths.items()},
+        "out": str(out),
+        "device": "cpu",
+        "epochs": EPOCHS,
+        "batch_size": BATCH,
+        "warmup": 5,
+        "seed": 7,
+        "save_every": 3,
+        "config": TINY,
+    }
 
 
 def _child(tmp_path: Path, args: dict) -> int:
@@ -71,15 +80,11 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     train(**_common(data, ref), workers=0, preload="none")  # uninterrupted, in this process
 
-    # killed at step 7 (epoch 1, batch 7): the last resume state is from step 6
-    assert _child(tmp_path, {**_common(data, cut), "workers": 2, "preload": "none",
-                             "kill_at": 7}) == -signal.SIGKILL  # fmt: skip
-    assert not (cut / "last.safetensors").exists()  # no epoch finished
-    # resumed with other workers, killed again at step 13 (epoch 2): resumes from step 12
-    assert _child(tmp_path, {**_common(data, cut), "workers": 1, "preload": "none",
-                             "resume": True, "kill_at": 13}) == -signal.SIGKILL  # fmt: skip
-    assert read_meta(cut / "last.safetensors")["epoch"] == 1
-    # and finished from RAM-preloaded features
+    # killed at step 14 (epoch 2, batch 6): the last resume state is from step 12 (batch 4)
+    args = {**_common(data, cut), "workers": 2, "preload": "none", "kill_at": 14}
+    assert _child(tmp_path, args) == -signal.SIGKILL
+    assert read_meta(cut / "last.safetensors")["epoch"] == 1  # epoch 1 finished before
+    # resumed from RAM-preloaded features without workers: same data order and draws
     assert _child(tmp_path, {**_common(data, cut), "workers": 0, "preload": "ram",
                              "resume": True}) == 0  # fmt: skip
 

@@ -67,7 +67,14 @@ def _compare_settings(saved: dict, current: dict, path: Path) -> None:
 
 def _model_config(preset, cache_settings, k: int | None, overrides: dict[str, Any]):
     """The model config: the preset's, sized for the cache, with user overrides."""
-    k = k or overrides.pop("k", None)
+    from .config import R2Config
+
+    known = {f.name for f in dataclasses.fields(R2Config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown model option(s) {unknown}; R2Config fields: {sorted(known)}")
+    k = k or overrides.get("k")
+    overrides.pop("k", None)
     if k is None:
         k = min(DEFAULT_K, cache_settings.k)
         if k < DEFAULT_K:
@@ -196,6 +203,8 @@ def train(
     )
     loop.seed_everything(seed)
     out.mkdir(parents=True, exist_ok=True)
+    if not resume:  # no resume state: any old log is from an attempt that saved nothing
+        (out / loop.LOG_FILE).unlink(missing_ok=True)
     handler = _file_logger(out)
     cache_obj = FeatureCache(cache)
     try:
@@ -256,6 +265,10 @@ def _build_run(
     from .model import R2Model
 
     amp_dtype = loop.autocast_dtype(amp, dev)
+    if p.fps is not None and abs(p.fps - cache.settings.fps) > 1e-9:
+        log.warning("the %s preset expects features at %g fps, %s has %g fps: training on "
+                    "them anyway (labels follow the cache's clips)", p.name, p.fps,
+                    cache.path, cache.settings.fps)  # fmt: skip
     cfg = _model_config(p, cache.settings, k, config)
     train_items, val_items, features, mode = _data(
         cache, train_anno, val_anno, p, cfg.k, skip_missing, preload, dev

@@ -69,8 +69,11 @@ class MultiHeadAttention(nn.Module):
 
     def _split(self, x: Tensor) -> Tensor:
         b, n, c = x.shape  # (B, N, C) -> (B·heads, N, C/heads), batch-major
-        return x.view(b, n, self.heads, c // self.heads).transpose(1, 2).reshape(
-            b * self.heads, n, c // self.heads)
+        return (
+            x.view(b, n, self.heads, c // self.heads)
+            .transpose(1, 2)
+            .reshape(b * self.heads, n, c // self.heads)
+        )
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
         b, n, c = q.shape
@@ -86,8 +89,14 @@ class MultiHeadAttention(nn.Module):
 class DecoderLayer(nn.Module):
     """Post-norm decoder layer: attentions in `order`, then FFN 256→1024→256 (ReLU)."""
 
-    def __init__(self, dims: int, heads: int, ffn_ratio: int, droppath: float,
-                 order: tuple[str, ...] = ("cross", "self")) -> None:
+    def __init__(
+        self,
+        dims: int,
+        heads: int,
+        ffn_ratio: int,
+        droppath: float,
+        order: tuple[str, ...] = ("cross", "self"),
+    ) -> None:
         super().__init__()
         self.order = tuple(order)
         self.droppath = droppath
@@ -96,8 +105,10 @@ class DecoderLayer(nn.Module):
         self.self_att = MultiHeadAttention(dims, heads)
         self.self_norm = nn.LayerNorm(dims)
         self.ffn = nn.Sequential(
-            nn.Linear(dims, dims * ffn_ratio), nn.ReLU(inplace=True),
-            nn.Linear(dims * ffn_ratio, dims))
+            nn.Linear(dims, dims * ffn_ratio),
+            nn.ReLU(inplace=True),
+            nn.Linear(dims * ffn_ratio, dims),
+        )
         self.ffn_norm = nn.LayerNorm(dims)
         for m in (self.ffn[0], self.ffn[2]):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -106,8 +117,9 @@ class DecoderLayer(nn.Module):
     def _residual(self, x: Tensor, d: Tensor, norm: nn.LayerNorm) -> Tensor:
         return norm(x + drop_path(d, self.droppath, self.training))
 
-    def forward(self, x: Tensor, mem: Tensor, pe: Tensor, x_mask: Tensor,
-                mem_mask: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, mem: Tensor, pe: Tensor, x_mask: Tensor, mem_mask: Tensor
+    ) -> Tensor:
         """x (B, T, C) video states, mem (B, L, C) query tokens, pe (B, T, C)."""
         for name in self.order:
             if name == "cross":
@@ -123,14 +135,23 @@ class DecoderLayer(nn.Module):
 class TemporalRefiner(nn.Module):
     """`n` stacked decoder layers (1 in the released model, Table 12 varies it)."""
 
-    def __init__(self, dims: int, heads: int, ffn_ratio: int, droppath: float,
-                 order: tuple[str, ...], n: int = 1) -> None:
+    def __init__(
+        self,
+        dims: int,
+        heads: int,
+        ffn_ratio: int,
+        droppath: float,
+        order: tuple[str, ...],
+        n: int = 1,
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            DecoderLayer(dims, heads, ffn_ratio, droppath, order) for _ in range(n))
+            DecoderLayer(dims, heads, ffn_ratio, droppath, order) for _ in range(n)
+        )
 
-    def forward(self, x: Tensor, mem: Tensor, pe: Tensor, x_mask: Tensor,
-                mem_mask: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, mem: Tensor, pe: Tensor, x_mask: Tensor, mem_mask: Tensor
+    ) -> Tensor:
         """(B, T, C) video states refined with the (B, L, C) query tokens."""
         for layer in self.layers:
             x = layer(x, mem, pe, x_mask, mem_mask)

@@ -58,14 +58,23 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         """A copy with every tensor on `device`."""
+
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
 
         return Batch(
-            video=move(self.video), video_mask=move(self.video_mask), query=move(self.query),
-            query_mask=move(self.query_mask), fps=move(self.fps), duration=move(self.duration),
-            boundary=move(self.boundary), saliency=move(self.saliency),
-            pos_clip=move(self.pos_clip), qids=list(self.qids), vids=list(self.vids))
+            video=move(self.video),
+            video_mask=move(self.video_mask),
+            query=move(self.query),
+            query_mask=move(self.query_mask),
+            fps=move(self.fps),
+            duration=move(self.duration),
+            boundary=move(self.boundary),
+            saliency=move(self.saliency),
+            pos_clip=move(self.pos_clip),
+            qids=list(self.qids),
+            vids=list(self.vids),
+        )
 
 
 def _pad_stack(tensors: Sequence[Tensor], value: float) -> Tensor:
@@ -84,21 +93,28 @@ def _check(samples: Sequence[Sample]) -> None:
     ref = samples[0]
     for s in samples:
         if s.video.dim() != 4 or s.query.dim() != 3:
-            raise ValueError(f"qid {s.qid}: video must be (T,K,P,Dv) and query (L,K,Dq), got "
-                             f"{tuple(s.video.shape)} and {tuple(s.query.shape)}")
+            raise ValueError(
+                f"qid {s.qid}: video must be (T,K,P,Dv) and query (L,K,Dq), got "
+                f"{tuple(s.video.shape)} and {tuple(s.query.shape)}"
+            )
         if s.video.size(0) < 1 or s.query.size(0) < 1:
-            raise ValueError(f"qid {s.qid}: empty video ({s.video.size(0)} clips) or query "
-                             f"({s.query.size(0)} tokens)")
+            raise ValueError(
+                f"qid {s.qid}: empty video ({s.video.size(0)} clips) or query "
+                f"({s.query.size(0)} tokens)"
+            )
         if s.video.shape[1:] != ref.video.shape[1:] or s.query.shape[1:] != ref.query.shape[1:]:
-            raise ValueError(f"qid {s.qid}: feature shape {tuple(s.video.shape[1:])}/"
-                             f"{tuple(s.query.shape[1:])} differs from qid {ref.qid}'s "
-                             f"{tuple(ref.video.shape[1:])}/{tuple(ref.query.shape[1:])}")
+            raise ValueError(
+                f"qid {s.qid}: feature shape {tuple(s.video.shape[1:])}/"
+                f"{tuple(s.query.shape[1:])} differs from qid {ref.qid}'s "
+                f"{tuple(ref.video.shape[1:])}/{tuple(ref.query.shape[1:])}"
+            )
         for name in ("boundary", "saliency", "pos_clip"):
             if (getattr(s, name) is None) != (getattr(ref, name) is None):
                 raise ValueError(f"qid {s.qid}: {name} is given for some samples only")
         if s.saliency is not None and s.saliency.size(0) != s.video.size(0):
-            raise ValueError(f"qid {s.qid}: saliency has {s.saliency.size(0)} values for "
-                             f"{s.video.size(0)} clips")
+            raise ValueError(
+                f"qid {s.qid}: saliency has {s.saliency.size(0)} values for {s.video.size(0)} clips"
+            )
         if s.pos_clip is not None and not 0 <= s.pos_clip < s.video.size(0):
             raise ValueError(f"qid {s.qid}: pos_clip {s.pos_clip} outside 0..{s.video.size(0) - 1}")
 
@@ -121,8 +137,15 @@ def collate(samples: list[Sample]) -> Batch:
     if ref.pos_clip is not None:
         pos_clip = torch.tensor([int(s.pos_clip) for s in samples], dtype=torch.long)
     return Batch(
-        video=video, video_mask=video_mask, query=query, query_mask=query_mask,
+        video=video,
+        video_mask=video_mask,
+        query=query,
+        query_mask=query_mask,
         fps=torch.tensor([float(s.fps) for s in samples], dtype=torch.float32),
         duration=torch.tensor([float(s.duration) for s in samples], dtype=torch.float32),
-        boundary=boundary, saliency=saliency, pos_clip=pos_clip,
-        qids=[str(s.qid) for s in samples], vids=[str(s.vid) for s in samples])
+        boundary=boundary,
+        saliency=saliency,
+        pos_clip=pos_clip,
+        qids=[str(s.qid) for s in samples],
+        vids=[str(s.vid) for s in samples],
+    )

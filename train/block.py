@@ -25,8 +25,14 @@ def _mlp(in_dims: int, dims: int, dropout: float) -> nn.Sequential:
     """LayerNorm → Dropout → Linear → ReLU → LayerNorm → Dropout → Linear (the original's
     `video_map` / `query_map`, indices 0..6 kept for checkpoint compatibility)."""
     return nn.Sequential(
-        nn.LayerNorm(in_dims), Dropout(dropout), nn.Linear(in_dims, dims),
-        nn.ReLU(inplace=True), nn.LayerNorm(dims), Dropout(dropout), nn.Linear(dims, dims))
+        nn.LayerNorm(in_dims),
+        Dropout(dropout),
+        nn.Linear(in_dims, dims),
+        nn.ReLU(inplace=True),
+        nn.LayerNorm(dims),
+        Dropout(dropout),
+        nn.Linear(dims, dims),
+    )
 
 
 def endpoint_features(mask: Tensor, padding_invariant: bool = False) -> Tensor:
@@ -59,8 +65,9 @@ class R2Step(nn.Module):
         self.query_map = _mlp(cfg.query_dim, c, cfg.dropout)
         self.v_map = nn.Linear(c, c)
         self.q_map = nn.Linear(c, c)
-        self.temporal = TemporalRefiner(c, cfg.heads, cfg.ffn_ratio, cfg.droppath,
-                                        cfg.attention_order, cfg.temporal_layers)
+        self.temporal = TemporalRefiner(
+            c, cfg.heads, cfg.ffn_ratio, cfg.droppath, cfg.attention_order, cfg.temporal_layers
+        )
 
     def map_video(self, frames: Tensor, tef: Tensor | None) -> Tensor:
         """`video_map` of (F, P, Dv) frame tokens (+ (F, 2) tef) WITHOUT its last Linear:
@@ -69,8 +76,9 @@ class R2Step(nn.Module):
         y = tef_norm_linear(frames, tef, m[0], m[1], m[2])  # the 770-wide part, chunked
         return m[5](m[4](torch.relu(y)))
 
-    def pool(self, u: Tensor, q: Tensor, query_mask: Tensor,
-             mask_max: bool) -> tuple[Tensor, Tensor]:
+    def pool(
+        self, u: Tensor, q: Tensor, query_mask: Tensor, mask_max: bool
+    ) -> tuple[Tensor, Tensor]:
         """Query-modulated spatial pooling of the mapped tokens v = last(u).
 
         Args:
@@ -140,17 +148,19 @@ class R2Block(nn.Module):
         """Layer i's (B, T, P, Dv) video tokens (stored dtype) and (B, L, Dq) float query."""
         first = video.size(2) - self.cfg.k  # feature index of the K-th layer from the end
         if self.cfg.fusion == "mean":
-            return (video[:, :, first:].float().mean(2),
-                    query[:, :, first:].float().mean(2))
+            return (video[:, :, first:].float().mean(2), query[:, :, first:].float().mean(2))
         return video[:, :, first + i], query[:, :, first + i].float()
 
-    def forward(self, video: Tensor, query: Tensor, video_mask: Tensor,
-                query_mask: Tensor) -> BlockOutput:
+    def forward(
+        self, video: Tensor, query: Tensor, video_mask: Tensor, query_mask: Tensor
+    ) -> BlockOutput:
         """video (B, T, Kf, P, Dv), query (B, L, Kf, Dq) with Kf ≥ K; masks bool."""
         cfg = self.cfg
         if video.size(2) < cfg.k or query.size(2) < cfg.k:
-            raise ValueError(f"the features hold {video.size(2)} video / {query.size(2)} query "
-                             f"layers but the model uses k={cfg.k}")
+            raise ValueError(
+                f"the features hold {video.size(2)} video / {query.size(2)} query "
+                f"layers but the model uses k={cfg.k}"
+            )
         b, t = video_mask.shape
         inv = cfg.padding_invariant
         tef = endpoint_features(video_mask, inv).reshape(b * t, 2) if cfg.use_tef else None

@@ -76,8 +76,10 @@ def train_command(
 ) -> None:
     """Train R²-Tuning on cached CLIP features; validates every epoch, keeps the best.
 
-    Outputs in --out: best.safetensors/.json (best epoch by the preset's key metric),
-    last.*, resume.safetensors, log.jsonl (metrics per line) and train.log.
+    Outputs in --out: best.safetensors/.json (best epoch by the key validation metric:
+    MR-full-mAP for QVHighlights, mIoU for Charades-STA/TACoS/Ego4D-NLQ, mAP for YouTube
+    Highlights/TVSum), last.*, resume.safetensors (optimizer, RNG and data position for an
+    exact --resume), log.jsonl (one JSON object per log line) and train.log.
     """
     for value, choices, name in (
         (preload, PRELOAD_CHOICES, "--preload"),
@@ -116,6 +118,11 @@ def train_command(
                 skip_missing=skip_missing,
                 config=overrides,
             )
+    except KeyboardInterrupt:
+        state = out / "resume.safetensors"
+        saved = f"the last saved state is {state}" if state.exists() else "nothing was saved yet"
+        print(f"interrupted; {saved} (continue with --resume)", file=sys.stderr)
+        raise typer.Exit(130) from None
     except Exception as err:
         if not _is_user_error(err):
             raise
@@ -151,3 +158,23 @@ def _is_user_error(err: Exception) -> bool:
             FileNotFoundError,
         ),
     )
+
+
+def convert_command(
+    src: Annotated[Path, typer.Argument(help="Original R2-Tuning checkpoint (.pth/.safetensors).")],
+    dst: Annotated[Path, typer.Argument(help="Output .safetensors in r2's layout.")],
+) -> None:
+    """Import an official R2-Tuning checkpoint (original key layout) as r2 weights.
+
+    Unknown, missing or mis-shaped keys are refused with the full list. The model
+    configuration is read from the tensor shapes and stored in the output's metadata.
+    """
+    from r2.train.convert import convert_checkpoint
+
+    try:
+        model = convert_checkpoint(src, dst)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    n = sum(p.numel() for p in model.parameters())
+    print(f"converted {src} -> {dst} ({n:,} parameters)")

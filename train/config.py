@@ -157,13 +157,16 @@ def _problems(c: R2Config) -> list[str]:
         if getattr(c, name) < 0:
             p.append(f"{name} must be >= 0, got {getattr(c, name)}")
     if not c.saliency_terms or any(t not in SALIENCY_TERMS for t in c.saliency_terms):
-        p.append(f"saliency_terms must be a non-empty subset of {SALIENCY_TERMS}, "
-                 f"got {c.saliency_terms}")
+        p.append(
+            f"saliency_terms must be a non-empty subset of {SALIENCY_TERMS}, got {c.saliency_terms}"
+        )
     if c.temperature <= 0:
         p.append(f"temperature must be > 0, got {c.temperature}")
     if not c.coord_head and c.loss_reg_weight > 0:
-        p.append("coord_head=False has no boundary regression: set loss_reg_weight=0 "
-                 "(the class head is then trained on the saliency labels)")
+        p.append(
+            "coord_head=False has no boundary regression: set loss_reg_weight=0 "
+            "(the class head is then trained on the saliency labels)"
+        )
     return p
 
 
@@ -229,45 +232,121 @@ class TrainPreset:
             use_tef=self.use_tef,
         )
         if not self.grounding:
-            values.update(coord_head=False, merge_cls_sal=False, cls_loss="bce",
-                          loss_reg_weight=0.0)
+            values.update(
+                coord_head=False, merge_cls_sal=False, cls_loss="bce", loss_reg_weight=0.0
+            )
         values.update(overrides)
         return R2Config(**values)
 
 
 QVHIGHLIGHTS = TrainPreset(
-    name="qvhighlights", fps=0.5, batch_size=128, lr=5e-4, epochs=30, lr_drop_epoch=20,
-    warmup_iters=500, dropout=0.5, loss_sal_weight=0.1, nms="normal", unit=2.0,
-    min_video_len=5.0, dataset_repeat=4)
+    name="qvhighlights",
+    fps=0.5,
+    batch_size=128,
+    lr=5e-4,
+    epochs=30,
+    lr_drop_epoch=20,
+    warmup_iters=500,
+    dropout=0.5,
+    loss_sal_weight=0.1,
+    nms="normal",
+    unit=2.0,
+    min_video_len=5.0,
+    dataset_repeat=4,
+)
 EGO4D_NLQ = TrainPreset(
-    name="ego4d", fps=0.5, batch_size=32, lr=2.5e-4, epochs=30, lr_drop_epoch=20,
-    warmup_iters=500, dropout=0.3, loss_sal_weight=0.1, nms="linear", unit=None,
-    min_video_len=5.0)
+    name="ego4d",
+    fps=0.5,
+    batch_size=32,
+    lr=2.5e-4,
+    epochs=30,
+    lr_drop_epoch=20,
+    warmup_iters=500,
+    dropout=0.3,
+    loss_sal_weight=0.1,
+    nms="linear",
+    unit=None,
+    min_video_len=5.0,
+)
 CHARADES_STA = TrainPreset(
-    name="charades", fps=1.0, batch_size=32, lr=2.5e-4, epochs=50, lr_drop_epoch=30,
-    warmup_iters=500, dropout=0.35, loss_sal_weight=0.01, nms="linear", unit=0.1,
-    min_video_len=5.0)
+    name="charades",
+    fps=1.0,
+    batch_size=32,
+    lr=2.5e-4,
+    epochs=50,
+    lr_drop_epoch=30,
+    warmup_iters=500,
+    dropout=0.35,
+    loss_sal_weight=0.01,
+    nms="linear",
+    unit=0.1,
+    min_video_len=5.0,
+)
 TACOS = TrainPreset(
-    name="tacos", fps=0.5, batch_size=32, lr=2.5e-4, epochs=100, lr_drop_epoch=50,
-    warmup_iters=500, dropout=0.5, loss_sal_weight=0.05, nms="linear", unit=None,
-    min_video_len=5.0)
+    name="tacos",
+    fps=0.5,
+    batch_size=32,
+    lr=2.5e-4,
+    epochs=100,
+    lr_drop_epoch=50,
+    warmup_iters=500,
+    dropout=0.5,
+    loss_sal_weight=0.05,
+    nms="linear",
+    unit=None,
+    min_video_len=5.0,
+)
 YOUTUBE_HIGHLIGHTS = TrainPreset(
-    name="youtube", fps=None, batch_size=4, lr=5e-4, epochs=200, lr_drop_epoch=None,
-    warmup_iters=50, dropout=0.5, loss_sal_weight=0.1, saliency_terms=("row",), nms=None,
-    unit=None, min_video_len=None, strides=(1,), use_tef=False, grounding=False,
-    domains=("dog", "gym", "par", "ska", "ski", "sur"))
+    name="youtube",
+    fps=None,
+    batch_size=4,
+    lr=5e-4,
+    epochs=200,
+    lr_drop_epoch=None,
+    warmup_iters=50,
+    dropout=0.5,
+    loss_sal_weight=0.1,
+    saliency_terms=("row",),
+    nms=None,
+    unit=None,
+    min_video_len=None,
+    strides=(1,),
+    use_tef=False,
+    grounding=False,
+    domains=("dog", "gym", "par", "ska", "ski", "sur"),
+)
 TVSUM = TrainPreset(
-    name="tvsum", fps=0.5, batch_size=4, lr=5e-4, epochs=500, lr_drop_epoch=None,
-    warmup_iters=50, dropout=0.5, loss_sal_weight=0.1, saliency_terms=("row",), nms=None,
-    unit=None, min_video_len=None, strides=(1,), use_tef=False, grounding=False,
-    domains=("BK", "BT", "DS", "FM", "GA", "MS", "PK", "PR", "VT", "VU"))
+    name="tvsum",
+    fps=0.5,
+    batch_size=4,
+    lr=5e-4,
+    epochs=500,
+    lr_drop_epoch=None,
+    warmup_iters=50,
+    dropout=0.5,
+    loss_sal_weight=0.1,
+    saliency_terms=("row",),
+    nms=None,
+    unit=None,
+    min_video_len=None,
+    strides=(1,),
+    use_tef=False,
+    grounding=False,
+    domains=("BK", "BT", "DS", "FM", "GA", "MS", "PK", "PR", "VT", "VU"),
+)
 
 PRESETS: dict[str, TrainPreset] = {
     p.name: p for p in (QVHIGHLIGHTS, EGO4D_NLQ, CHARADES_STA, TACOS, YOUTUBE_HIGHLIGHTS, TVSUM)
 }
-_ALIASES = {"qvh": "qvhighlights", "ego4d_nlq": "ego4d", "ego4d-nlq": "ego4d",
-            "charades_sta": "charades", "charades-sta": "charades",
-            "youtube_highlights": "youtube", "youtube-highlights": "youtube"}
+_ALIASES = {
+    "qvh": "qvhighlights",
+    "ego4d_nlq": "ego4d",
+    "ego4d-nlq": "ego4d",
+    "charades_sta": "charades",
+    "charades-sta": "charades",
+    "youtube_highlights": "youtube",
+    "youtube-highlights": "youtube",
+}
 
 
 def get_preset(name: str) -> TrainPreset:

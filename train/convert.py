@@ -78,8 +78,10 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # unpickling refused or not a torch file
-            raise ValueError(f"{path}: cannot read as a weights-only torch checkpoint "
-                             f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
+            raise ValueError(
+                f"{path}: cannot read as a weights-only torch checkpoint "
+                f"({type(e).__name__}: {str(e).splitlines()[0]})"
+            ) from e
         for wrapper in ("state_dict", "model"):
             if isinstance(sd, Mapping) and isinstance(sd.get(wrapper), Mapping):
                 sd = sd[wrapper]
@@ -96,15 +98,24 @@ def config_from_official(sd: Mapping[str, Tensor], **overrides) -> R2Config:
         in_video = sd["adapter.video_map.0.weight"].shape[0]
         use_tef = in_video % 64 == 2  # CLIP widths are multiples of 64; tef adds 2
         values = dict(
-            dims=dims, video_dim=in_video - 2 if use_tef else in_video, use_tef=use_tef,
-            query_dim=sd["adapter.query_map.0.weight"].shape[0], k=sd["adapter.scale"].numel(),
+            dims=dims,
+            video_dim=in_video - 2 if use_tef else in_video,
+            use_tef=use_tef,
+            query_dim=sd["adapter.query_map.0.weight"].shape[0],
+            k=sd["adapter.scale"].numel(),
             ffn_ratio=sd["adapter.tem.ffn.mapping.0.weight"].shape[0] // dims,
-            strides=tuple(2**j for j in range(sd["coef"].numel())))
+            strides=tuple(2**j for j in range(sd["coef"].numel())),
+        )
     except KeyError as e:
         raise ValueError(f"not an original R2-Tuning state dict: key {e} is missing") from e
     if not any(k.startswith("coord_head.") for k in sd):
-        values.update(coord_head=False, merge_cls_sal=False, cls_loss="bce",
-                      loss_reg_weight=0.0, saliency_terms=("row",))
+        values.update(
+            coord_head=False,
+            merge_cls_sal=False,
+            cls_loss="bce",
+            loss_reg_weight=0.0,
+            saliency_terms=("row",),
+        )
     values.update(overrides)
     return R2Config(**values)
 
@@ -124,8 +135,10 @@ def load_official_state_dict(model: R2Model, sd: Mapping[str, Tensor]) -> None:
         if key == SALIENCY_SCALE_KEY:
             want = math.log(1 / model.cfg.temperature)
             if abs(float(value.reshape(-1)[0]) - want) > 1e-5:
-                raise ValueError(f"{key} = {float(value.reshape(-1)[0])} but the config's "
-                                 f"temperature {model.cfg.temperature} means {want}")
+                raise ValueError(
+                    f"{key} = {float(value.reshape(-1)[0])} but the config's "
+                    f"temperature {model.cfg.temperature} means {want}"
+                )
             continue
         new = rename_key(key)
         if new is None or new not in ours:
@@ -155,7 +168,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, **overrides) -> R2Model
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(dst), metadata={"r2_config": json.dumps(asdict(cfg)),
-                                           "source": Path(src).name})
+    save_file(
+        tensors, str(dst), metadata={"r2_config": json.dumps(asdict(cfg)), "source": Path(src).name}
+    )
     log.info("converted %s (%d tensors) -> %s", src, len(tensors), dst)
     return model

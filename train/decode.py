@@ -1,32 +1,19 @@
-"""Inference decoding (spec §4): points → windows in seconds, class scores → saliency."""
+"""Inference decoding (spec §4): points → windows in seconds, class scores → saliency.
+
+The per-level class scores are brought back to T clips by the evaluation stage's
+`upsample_saliency` (the original's rule); post-processing of the windows (clamping,
+rounding, NMS) is `r2.evaluate.postprocess.postprocess_windows`, applied by the caller.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from r2.evaluate.postprocess import upsample_saliency
 from torch import Tensor
 
 from .batch import Batch
 from .config import R2Config
-
-
-def upsample_levels(level_scores: list[Tensor], n_clips: int) -> Tensor:
-    """Bring per-level scores back to T clips and take the max over levels (original rule).
-
-    A level of size n ≤ T repeats every value int(T / n) times, then repeats its last
-    value up to length T; a level longer than T is max-pooled by int(n / T).
-    """
-    out = []
-    for score in level_scores:
-        n = score.size(0)
-        if n_clips >= n:
-            score = score.repeat_interleave(int(n_clips / n))
-            score = torch.cat((score, score[-1:].repeat(n_clips - score.size(0))))
-        else:
-            r = int(n / n_clips)
-            score = torch.nn.functional.max_pool1d(score[None], r, stride=r)[0]
-        out.append(score)
-    return torch.stack(out).amax(dim=0)
 
 
 def windows(coord: Tensor, points: Tensor, fps: float, scores: Tensor, top: int) -> Tensor:
@@ -53,19 +40,27 @@ def decode_sample(cfg: R2Config, out, batch: Batch, i: int):
     valid = out.point_mask[i]
     level_scores, start = [], 0
     for m in out.level_masks:
-        level = scores[start:start + m.size(1)][m[i]]
+        level = scores[start : start + m.size(1)][m[i]]
         start += m.size(1)
         if level.numel():
             level_scores.append(level)
-    saliency = upsample_levels(level_scores, n_clips)
+    saliency = upsample_saliency([lv.cpu().numpy() for lv in level_scores], n_clips)
     if cfg.merge_cls_sal:
-        saliency = saliency * out.saliency_cos[i, :n_clips]
+        saliency = saliency * out.saliency_cos[i, :n_clips].float().cpu().numpy()
     boundary = None
     if out.out_coord is not None:
-        boundary = windows(out.out_coord[i][valid].float(), out.points[valid],
-                           float(batch.fps[i]), scores[valid], cfg.max_num_moment)
+        boundary = windows(
+            out.out_coord[i][valid].float(),
+            out.points[valid],
+            float(batch.fps[i]),
+            scores[valid],
+            cfg.max_num_moment,
+        )
         boundary = boundary.cpu().numpy().astype(np.float32)
     return RawPrediction(
-        qid=batch.qids[i] if batch.qids else str(i), vid=batch.vids[i] if batch.vids else "",
-        duration=float(batch.duration[i]), boundary=boundary,
-        saliency=saliency.cpu().numpy().astype(np.float32))
+        qid=batch.qids[i] if batch.qids else str(i),
+        vid=batch.vids[i] if batch.vids else "",
+        duration=float(batch.duration[i]),
+        boundary=boundary,
+        saliency=saliency.astype(np.float32),
+    )

@@ -119,8 +119,14 @@ class _TefNormLinear(torch.autograd.Function):
         return None, None, g_lnw, g_lnb, g_w, g_sum, None, None, None
 
 
-def tef_norm_linear(x: Tensor, tef: Tensor | None, norm: nn.LayerNorm, drop: nn.Dropout,
-                    linear: nn.Linear, chunk_tokens: int = CHUNK_TOKENS) -> Tensor:
+def tef_norm_linear(
+    x: Tensor,
+    tef: Tensor | None,
+    norm: nn.LayerNorm,
+    drop: nn.Dropout,
+    linear: nn.Linear,
+    chunk_tokens: int = CHUNK_TOKENS,
+) -> Tensor:
     """`linear(drop(norm(cat(x, tef))))` for frames x (F, P, D) and tef (F, 2) or None.
 
     Args:
@@ -135,12 +141,14 @@ def tef_norm_linear(x: Tensor, tef: Tensor | None, norm: nn.LayerNorm, drop: nn.
         raise ValueError("tef_norm_linear: the video features must not require a gradient")
     chunk_frames = max(1, chunk_tokens // max(1, x.size(1)))
     p = drop.p if drop.training else 0.0
-    return _TefNormLinear.apply(x, tef, norm.weight, norm.bias, linear.weight, linear.bias,
-                                p, norm.eps, chunk_frames)
+    return _TefNormLinear.apply(
+        x, tef, norm.weight, norm.bias, linear.weight, linear.bias, p, norm.eps, chunk_frames
+    )
 
 
-def reference_tef_norm_linear(x: Tensor, tef: Tensor | None, norm: nn.LayerNorm,
-                              drop: nn.Dropout, linear: nn.Linear) -> Tensor:
+def reference_tef_norm_linear(
+    x: Tensor, tef: Tensor | None, norm: nn.LayerNorm, drop: nn.Dropout, linear: nn.Linear
+) -> Tensor:
     """The plain (memory-hungry) computation `tef_norm_linear` is equal to; for tests."""
     tok = x.float()
     if tef is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -28,11 +29,12 @@ class ConvPyramid(nn.Module):
         super().__init__()
         self.strides = tuple(strides)
         self.levels = nn.ModuleList(
-            nn.ModuleList(DownStage(dims) for _ in range(int(math.log2(s))))
-            for s in self.strides)
+            nn.ModuleList(DownStage(dims) for _ in range(int(math.log2(s)))) for s in self.strides
+        )
 
-    def forward(self, h: Tensor, mask: Tensor, inplace_relu: bool = True,
-                padding_invariant: bool = False) -> tuple[list[Tensor], list[Tensor]]:
+    def forward(
+        self, h: Tensor, mask: Tensor, inplace_relu: bool = True, padding_invariant: bool = False
+    ) -> tuple[list[Tensor], list[Tensor]]:
         """h (B, T, C) decoder output, mask (B, T) bool.
 
         Returns:
@@ -99,7 +101,7 @@ class QueryPool(nn.Module):
 def regression_ranges(strides: tuple[int, ...]) -> list[tuple[float, float]]:
     """Distance range (frames) each level regresses: (0, s1), (s1, s2), …, (s_last, ∞)."""
     bounds = [0.0, *[float(s) for s in strides[1:]], float("inf")]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    return list(itertools.pairwise(bounds))
 
 
 def point_table(sizes: list[int], strides: tuple[int, ...], device=None) -> Tensor:

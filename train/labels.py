@@ -18,8 +18,9 @@ TVSUM_ANNOTATORS = 20
 """TVSum: 20 annotators × a 1–5 score per clip; label = (sum − 20) / 80."""
 
 
-def clean_windows(windows_s: Sequence[Sequence[float]] | np.ndarray, n_clips: int,
-                  fps: float) -> np.ndarray:
+def clean_windows(
+    windows_s: Sequence[Sequence[float]] | np.ndarray, n_clips: int, fps: float
+) -> np.ndarray:
     """Ground-truth windows as the model receives them (the original `bind_boundary`).
 
     Clamp to [0, T/fps], swap reversed windows, and widen a window shorter than one clip
@@ -69,22 +70,26 @@ def saliency_labels(anno: dict, n_clips: int, fps: float | None = None) -> np.nd
     if "saliency_scores" in anno and "relevant_clip_ids" in anno:
         ids, scores = anno["relevant_clip_ids"], anno["saliency_scores"]
         if len(ids) != len(scores):
-            raise ValueError(f"qid {qid}: relevant_clip_ids ({len(ids)}) and saliency_scores "
-                             f"({len(scores)}) differ in length")
+            raise ValueError(
+                f"qid {qid}: relevant_clip_ids ({len(ids)}) and saliency_scores "
+                f"({len(scores)}) differ in length"
+            )
         sal = np.zeros(n_clips, dtype=np.float32)
         for idx, score in zip(ids, scores, strict=True):
             if 0 <= int(idx) < n_clips:
                 sal[int(idx)] = sum(score) / MAX_SALIENCY
         return sal
     if "relevant_windows" not in anno:
-        raise ValueError(f"qid {qid}: no saliency_scores/relevant_clip_ids and no "
-                         "relevant_windows to derive saliency labels from")
+        raise ValueError(
+            f"qid {qid}: no saliency_scores/relevant_clip_ids and no "
+            "relevant_windows to derive saliency labels from"
+        )
     if fps is None:
         raise ValueError(f"qid {qid}: saliency from relevant_windows needs fps")
     windows = clean_windows(anno["relevant_windows"], n_clips, fps) * np.float32(fps)
     sal = np.zeros(n_clips, dtype=np.float32)
     for start, end in windows.tolist():
-        sal[math.ceil(start):math.ceil(end)] = 1.0
+        sal[math.ceil(start) : math.ceil(end)] = 1.0
     if not sal.any():
         raise ValueError(f"qid {qid}: relevant_windows cover no clip of the video")
     return sal
@@ -114,8 +119,9 @@ def positive_threshold(saliency: np.ndarray, dataset: str = "qvhighlights") -> f
     return 0.0
 
 
-def sample_positive_clip(saliency: np.ndarray, rng: random.Random | np.random.Generator,
-                         threshold: float = 0.0) -> int:
+def sample_positive_clip(
+    saliency: np.ndarray, rng: random.Random | np.random.Generator, threshold: float = 0.0
+) -> int:
     """Draw the positive clip used by the saliency and calibration losses.
 
     With a `random.Random` this is the original's `random.sample(positives, 1)` draw, so

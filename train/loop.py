@@ -296,8 +296,11 @@ def end_epoch(run: Run) -> None:
         "best": s.best,
         "best_epoch": s.best_epoch,
     }
+    if run.val_items and value is None:
+        log.warning("validation gave no %s (got %s): best.safetensors follows the last epoch",
+                    key, ", ".join(sorted(metrics)) or "nothing")  # fmt: skip
     save_checkpoint(run.out / "last", run.model, meta)
-    if improved or not run.val_items:
+    if improved or value is None:
         save_checkpoint(run.out / "best", run.model, meta)
     append_log(
         run,

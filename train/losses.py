@@ -21,8 +21,9 @@ def logit_scale(temperature: float, like: Tensor) -> Tensor:
     return like.new_tensor([math.log(1 / temperature)]).exp().clamp(max=MAX_LOGIT_SCALE)
 
 
-def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0,
-               alpha: float | None = None) -> Tensor:
+def focal_loss(
+    logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float | None = None
+) -> Tensor:
     """Element-wise sigmoid focal loss (Lin et al.); α = None means no α weighting."""
     p = logits.sigmoid()
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -33,8 +34,9 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0,
     return loss
 
 
-def saliency_row_col(cos: Tensor, video_mask: Tensor, saliency: Tensor, pos_clip: Tensor,
-                     temperature: float) -> tuple[Tensor, Tensor]:
+def saliency_row_col(
+    cos: Tensor, video_mask: Tensor, saliency: Tensor, pos_clip: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
     """Per-sample terms of the sampled saliency contrastive loss (before averaging).
 
     Logits = cosine(h_t, pooled q) / τ over the frames t of each video whose saliency is
@@ -72,5 +74,6 @@ def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     b_sim = a_sim.transpose(-1, -2).contiguous()
     a_sim, b_sim = a_sim.view(-1, n), b_sim.view(-1, n)
     reps = a_sim.size(0) // n
-    return (F.cross_entropy(a_sim, target.repeat(reps))
-            + F.cross_entropy(b_sim, target.repeat(reps))) / 2
+    return (
+        F.cross_entropy(a_sim, target.repeat(reps)) + F.cross_entropy(b_sim, target.repeat(reps))
+    ) / 2

@@ -1,8 +1,8 @@
 """The R² model: R² block → temporal pyramid → heads; its losses and raw predictions.
 
-    out = model(batch)                  # R2Output
-    losses = model.losses(out, batch)   # dict of the weighted losses, sum to train
-    preds = model.predict(out, batch)   # per sample: top windows + per-clip saliency
+Usage: `out = model(batch)` (an `R2Output`), `model.losses(out, batch)` (the weighted
+losses; their sum is the training objective), `model.predict(out, batch)` (per sample,
+the top windows and per-clip saliency before post-processing).
 """
 
 from __future__ import annotations
@@ -81,21 +81,33 @@ class R2Model(nn.Module):
         levels, masks = self.pyramid(blk.hidden, vmask, cfg.inplace_relu, cfg.padding_invariant)
         video_emb = levels[0]  # ReLU(h), stride 1
         head_masks = masks if cfg.padding_invariant else [None] * len(levels)
-        out_class = torch.cat([self.class_head(x, m) for x, m in zip(levels, head_masks,
-                                                                    strict=True)], dim=1)
+        out_class = torch.cat(
+            [self.class_head(x, m) for x, m in zip(levels, head_masks, strict=True)], dim=1
+        )
         out_coord = None
         if self.coord_head is not None:
-            out_coord = torch.cat([self.coord_head(x, m).exp() * self.coord_scale[j]
-                                   for j, (x, m) in enumerate(zip(levels, head_masks,
-                                                                  strict=True))], dim=1)
+            out_coord = torch.cat(
+                [
+                    self.coord_head(x, m).exp() * self.coord_scale[j]
+                    for j, (x, m) in enumerate(zip(levels, head_masks, strict=True))
+                ],
+                dim=1,
+            )
         sizes = [x.size(1) for x in levels]
         return R2Output(
-            video_emb=video_emb, query_tokens=blk.query,
-            query_emb=self.query_pool(blk.query, qmask), levels=levels, level_masks=masks,
+            video_emb=video_emb,
+            query_tokens=blk.query,
+            query_emb=self.query_pool(blk.query, qmask),
+            levels=levels,
+            level_masks=masks,
             points=point_table(sizes, cfg.strides, device=video_emb.device),
-            out_class=out_class.squeeze(-1), out_coord=out_coord, step_cls=blk.step_cls,
+            out_class=out_class.squeeze(-1),
+            out_coord=out_coord,
+            step_cls=blk.step_cls,
             step_query_emb=[self.query_pool(q, qmask) for q in blk.step_query],
-            video_mask=vmask, query_mask=qmask)
+            video_mask=vmask,
+            query_mask=qmask,
+        )
 
     def targets(self, out: R2Output, batch: Batch) -> tuple[Tensor, Tensor | None]:
         """Class targets (B, N) and regression targets (B, N, 2) (None without coord head).
@@ -107,8 +119,9 @@ class R2Model(nn.Module):
             return batch.saliency, None
         if batch.boundary is None:
             raise ValueError("the batch has no ground-truth windows (boundary) to train on")
-        cls_tgt, reg_tgt = point_targets(out.points, batch.boundary, batch.fps,
-                                         self.cfg.sample_radius)
+        cls_tgt, reg_tgt = point_targets(
+            out.points, batch.boundary, batch.fps, self.cfg.sample_radius
+        )
         if self.cfg.padding_invariant:
             cls_tgt = cls_tgt * out.point_mask
         return cls_tgt, reg_tgt
@@ -129,8 +142,9 @@ class R2Model(nn.Module):
             l1 = torch.where(pos, (out.out_coord - reg_tgt).abs(), 0.0)
             terms.update(reg_sum=l1.sum((1, 2)), reg_count=pos.sum((1, 2)))
         if batch.saliency is not None and batch.pos_clip is not None:
-            row, col = saliency_row_col(out.saliency_cos, out.video_mask, batch.saliency,
-                                        batch.pos_clip, cfg.temperature)
+            row, col = saliency_row_col(
+                out.saliency_cos, out.video_mask, batch.saliency, batch.pos_clip, cfg.temperature
+            )
             terms.update(sal_row=row, sal_col=col)
         return terms
 
@@ -141,10 +155,12 @@ class R2Model(nn.Module):
         cfg, t = self.cfg, self.loss_terms(out, batch)
         losses: dict[str, Tensor] = {}
         if "reg_sum" in t:
-            losses["loss_reg"] = t["reg_sum"].sum() / t["reg_count"].sum().clamp(min=1) \
-                * cfg.loss_reg_weight
-        losses["loss_cls"] = t["cls_sum"].sum() / t["cls_count"].sum().clamp(min=1) \
-            * cfg.loss_cls_weight
+            losses["loss_reg"] = (
+                t["reg_sum"].sum() / t["reg_count"].sum().clamp(min=1) * cfg.loss_reg_weight
+            )
+        losses["loss_cls"] = (
+            t["cls_sum"].sum() / t["cls_count"].sum().clamp(min=1) * cfg.loss_cls_weight
+        )
         if "sal_row" not in t:
             return losses
         b = out.video_emb.size(0)
@@ -166,11 +182,15 @@ class R2Model(nn.Module):
         v = [cls[b, batch.pos_clip] for cls in out.step_cls]  # K × (B, C)
         q = out.step_query_emb
         if cfg.loss_video_cal_weight > 0:
-            losses["loss_video_cal"] = info_nce(torch.stack(v), torch.stack(q),
-                                                cfg.temperature) * cfg.loss_video_cal_weight
+            losses["loss_video_cal"] = (
+                info_nce(torch.stack(v), torch.stack(q), cfg.temperature)
+                * cfg.loss_video_cal_weight
+            )
         if cfg.loss_layer_cal_weight > 0:
-            losses["loss_layer_cal"] = info_nce(torch.stack(v, 1), torch.stack(q, 1),
-                                                cfg.temperature) * cfg.loss_layer_cal_weight
+            losses["loss_layer_cal"] = (
+                info_nce(torch.stack(v, 1), torch.stack(q, 1), cfg.temperature)
+                * cfg.loss_layer_cal_weight
+            )
         return losses
 
     @torch.no_grad()

@@ -17,8 +17,9 @@ LENGTH_TIE = 1e-3
 """Windows whose lengths differ by at most this (frames) tie for the class target."""
 
 
-def point_targets(points: Tensor, boundary: Tensor, fps: Tensor,
-                  sample_radius: float = 1.5) -> tuple[Tensor, Tensor]:
+def point_targets(
+    points: Tensor, boundary: Tensor, fps: Tensor, sample_radius: float = 1.5
+) -> tuple[Tensor, Tensor]:
     """Class and regression targets of every point for every sample.
 
     Args:

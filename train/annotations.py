@@ -1,0 +1,287 @@
+"""From annotation lines to training/inference items (spec §3 labels).
+
+- `read_annotations` parses QVHighlights-schema JSON Lines (qid, query, vid, duration,
+  relevant_windows, relevant_clip_ids, saliency_scores; TVSum/YouTube `label`/`match`),
+  naming file:line:field on any problem.
+- `prepare_items` checks every query against the cache (missing videos/queries are an
+  error with counts, or dropped with `skip_missing`), applies the minimum-length filter and
+  builds the labels once (bad labels are skipped with a count, never silently).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from r2.cache import FeatureCache
+
+from .labels import (
+    clean_windows,
+    positive_threshold,
+    saliency_labels,
+    tvsum_saliency,
+    youtube_saliency,
+)
+
+log = logging.getLogger(__name__)
+
+DURATION_TOLERANCE_S = 4.0  # annotation vs cached duration: larger gaps are reported
+MAX_LISTED = 5  # ids named in an error / warning message
+HIGHLIGHT_DATASETS = ("youtube", "tvsum")  # saliency-only labels, no windows
+TACOS_CAMERA = "-cam-002"  # suffix of the TACoS video files the annotations leave out
+
+
+class AnnotationError(ValueError):
+    """An annotation file cannot be used; the message names file, line and field."""
+
+
+class MissingFeaturesError(ValueError):
+    """Queries reference videos or queries that are not in the cache (counts in message)."""
+
+
+@dataclass
+class Annotation:
+    """One annotation line: its raw dict, where it came from, and the ids as strings."""
+
+    data: dict[str, Any]
+    where: str  # "file:line"
+    qid: str
+    vid: str
+
+
+@dataclass
+class Item:
+    """One usable query: ids, sizes and (training) labels prepared from an annotation."""
+
+    anno: Annotation
+    n_clips: int
+    duration: float
+    boundary: np.ndarray | None = None  # (N, 2) cleaned windows in seconds
+    saliency: np.ndarray | None = None  # (T,) labels
+    threshold: float = 0.0  # positive clips have saliency > threshold
+
+
+# ---------------------------------------------------------------- annotations
+
+
+def read_annotations(path: str | os.PathLike) -> list[Annotation]:
+    """Parse a JSON Lines annotation file (blank lines ignored).
+
+    Raises:
+        AnnotationError: unreadable file, invalid JSON, or a missing/invalid field,
+            naming `file:line` and the field.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AnnotationError(f"{path}: cannot read annotations: {exc}") from exc
+    out, seen = [], {}
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{no}"
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise AnnotationError(f"{where}: invalid JSON: {exc}") from None
+        anno = _validate(data, where)
+        if anno.qid in seen:
+            raise AnnotationError(
+                f"{where}: field 'qid': {anno.qid!r} already used at {seen[anno.qid]}"
+            )
+        seen[anno.qid] = where
+        out.append(anno)
+    if not out:
+        raise AnnotationError(f"{path}: no annotations in the file")
+    return out
+
+
+def _validate(data: Any, where: str) -> Annotation:
+    def fail(field: str, problem: str) -> AnnotationError:
+        return AnnotationError(f"{where}: field '{field}': {problem}")
+
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    for name in ("qid", "vid"):
+        value = data.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+            raise fail(name, f"missing or not a string/integer id (got {value!r})")
+    duration = data.get("duration")
+    if duration is not None and (
+        isinstance(duration, bool)
+        or not isinstance(duration, (int, float))
+        or not math.isfinite(duration)
+        or duration <= 0
+    ):
+        raise fail("duration", f"must be a positive number of seconds, got {duration!r}")
+    windows = data.get("relevant_windows")
+    if windows is not None:
+        ok = (
+            isinstance(windows, list)
+            and windows
+            and all(
+                isinstance(w, list)
+                and len(w) == 2
+                and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                    for x in w
+                )
+                for w in windows
+            )
+        )
+        if not ok:
+            raise fail(
+                "relevant_windows",
+                f"must be a non-empty list of [start_s, end_s] numbers, got {str(windows)[:80]}",
+            )
+    ids, scores = data.get("relevant_clip_ids"), data.get("saliency_scores")
+    if (ids is None) != (scores is None):
+        raise fail("saliency_scores", "relevant_clip_ids and saliency_scores go together")
+    if ids is not None and (
+        not isinstance(ids, list) or not isinstance(scores, list) or len(ids) != len(scores)
+    ):
+        raise fail("saliency_scores", "must be a list as long as relevant_clip_ids")
+    return Annotation(data=data, where=where, qid=str(data["qid"]), vid=str(data["vid"]))
+
+
+# ---------------------------------------------------------------- items and labels
+
+
+def check_coverage(
+    annos: list[Annotation], cache: FeatureCache, skip_missing: bool = False
+) -> list[Annotation]:
+    """Keep the annotations whose video and query features are in the cache.
+
+    TACoS annotations name videos "sXX-dYY" while the released files (hence the cache ids)
+    are "sXX-dYY-cam-002": such ids are mapped, as the original does.
+
+    Raises:
+        MissingFeaturesError: some are missing and `skip_missing` is False; the message
+            gives the counts and the first few ids with their lines.
+    """
+    videos, queries = set(cache.video_ids()), set(cache.query_ids())
+    for a in annos:
+        if a.vid not in videos and f"{a.vid}{TACOS_CAMERA}" in videos:
+            a.vid = f"{a.vid}{TACOS_CAMERA}"
+    no_video = [a for a in annos if a.vid not in videos]
+    no_query = [a for a in annos if a.qid not in queries]
+    if not no_video and not no_query:
+        return annos
+    parts = []
+    if no_video:
+        first = ", ".join(f"{a.vid} ({a.where})" for a in no_video[:MAX_LISTED])
+        parts.append(
+            f"{len(no_video)} of {len(annos)} queries reference videos not in "
+            f"{cache.path}: first few: {first}"
+        )
+    if no_query:
+        first = ", ".join(f"qid {a.qid} ({a.where})" for a in no_query[:MAX_LISTED])
+        parts.append(
+            f"{len(no_query)} of {len(annos)} queries have no query features in "
+            f"{cache.path}: first few: {first}"
+        )
+    if not skip_missing:
+        raise MissingFeaturesError(
+            "; ".join(parts) + ". Extract them (r2 extract) or pass --skip-missing to drop them."
+        )
+    bad = {id(a) for a in no_video + no_query}
+    kept = [a for a in annos if id(a) not in bad]
+    log.warning(
+        "skipping %d of %d queries without features: %s", len(bad), len(annos), "; ".join(parts)
+    )
+    if not kept:
+        raise MissingFeaturesError(
+            "no query left after dropping those without features: " + "; ".join(parts)
+        )
+    return kept
+
+
+def build_labels(item: Item, dataset: str, fps: float) -> None:
+    """Fill `item.boundary`, `item.saliency`, `item.threshold` (spec §3) in place.
+
+    Raises:
+        ValueError: the annotation gives no usable label for training.
+    """
+    data, t = item.anno.data, item.n_clips
+    if dataset in HIGHLIGHT_DATASETS:
+        if dataset == "tvsum":
+            sal = tvsum_saliency(data["label"])
+        else:
+            sal = youtube_saliency(data["match"])
+        if len(sal) < t:
+            raise ValueError(f"{len(sal)} per-clip labels for {t} cached clips")
+        item.saliency = sal[:t]
+    else:
+        if data.get("relevant_windows") is None:
+            raise ValueError("no relevant_windows to train on")
+        item.boundary = clean_windows(data["relevant_windows"], t, fps)
+        item.saliency = saliency_labels(data, t, fps)
+    item.threshold = positive_threshold(item.saliency, dataset)
+    if not (item.saliency > item.threshold).any():
+        raise ValueError(
+            f"no positive clip (all saliency labels are at or below {item.threshold:g})"
+        )
+
+
+def prepare_items(
+    annos: list[Annotation],
+    cache: FeatureCache,
+    dataset: str,
+    *,
+    train: bool,
+    min_video_len: float | None = None,
+    skip_missing: bool = False,
+) -> list[Item]:
+    """Check coverage, filter by length (training) and build labels (training).
+
+    Annotations whose labels are unusable for training are skipped with a warning that
+    counts them and names the first few (never silently).
+    """
+    annos = check_coverage(annos, cache, skip_missing)
+    fps = cache.settings.fps
+    items, short, bad, far = [], 0, [], []
+    for a in annos:
+        record = cache.video_record(a.vid)
+        duration = float(a.data.get("duration") or record.duration)
+        if train and min_video_len and duration < min_video_len:
+            short += 1
+            continue
+        if abs(duration - record.duration) > DURATION_TOLERANCE_S:
+            far.append(f"{a.vid} ({duration:g} s annotated, {record.duration:g} s cached)")
+        item = Item(anno=a, n_clips=record.n_clips, duration=duration)
+        if train:
+            try:
+                build_labels(item, dataset, fps)
+            except (ValueError, KeyError, TypeError) as exc:
+                bad.append(f"{a.where}: {exc}")
+                continue
+        items.append(item)
+    if short:
+        log.info(
+            "dropped %d of %d training queries on videos shorter than %g s (preset)",
+            short,
+            len(annos),
+            min_video_len,
+        )
+    if far:
+        log.warning(
+            "%d queries: annotated duration differs from the cached video by more "
+            "than %g s (wrong video?): %s",
+            len(far),
+            DURATION_TOLERANCE_S,
+            "; ".join(far[:MAX_LISTED]),
+        )
+    if bad:
+        log.warning(
+            "skipped %d queries with unusable labels: %s", len(bad), "; ".join(bad[:MAX_LISTED])
+        )
+    if not items:
+        raise AnnotationError("no usable query left (see the messages above)")
+    return items
