@@ -113,6 +113,7 @@ def decode_all_frames(path: Path) -> int:
 def measure_parts(model: Path, videos: dict[str, Path], args) -> dict[str, dict[str, float]]:
     """all-frames decode, decode-only and forward-only seconds per video, in this process."""
     import numpy as np
+
     from r2.extract.decode import decode_video
     from r2.extract.encode import ClipEncoder
 
@@ -218,8 +219,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.e2e_child:
         return e2e_child(args)
-    from r2.extract import default_workers
+    from r2.extract import default_workers, tune_environment
 
+    tune_environment()  # as extract() does, before torch is imported (forward-only runs here)
     args.workers = default_workers() if args.workers is None else args.workers
     model, videos = prepare(args.data_dir)
     print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} workers={args.workers} "

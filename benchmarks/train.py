@@ -25,6 +25,7 @@ import time
 from functools import partial
 
 import torch
+from r2.train import fused
 from r2.train.batch import Sample, collate
 from r2.train.config import R2Config
 from r2.train.model import R2Model
@@ -73,7 +74,10 @@ def main() -> None:
         action="store_true",
         help="run the R² block the way the original computes it (A/B baseline)",
     )
+    ap.add_argument("--chunk", type=int, default=None, help="tokens per chunk (tuning)")
     args = ap.parse_args()
+    if args.chunk:
+        fused.CHUNK_TOKENS = args.chunk
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     batch = make_batch(args.batch)

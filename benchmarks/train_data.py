@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from r2.cache import CacheSettings, CacheWriter, FeatureCache, QueryRecord, VideoRecord
 from r2.evaluate.inference import predict_items
 from r2.train.config import QVHIGHLIGHTS

@@ -43,6 +43,7 @@ VIDEO_INDEX = "video/index"
 VIDEO_FRAMES = "video/frames"
 QUERY_INDEX = "query/index"
 QUERY_TOKENS = "query/tokens"
+ALL_DATASETS = (COMMITTED, STRINGS, VIDEO_INDEX, VIDEO_FRAMES, QUERY_INDEX, QUERY_TOKENS)
 # positions of the counts in a commit slot (after the sequence number at position 0)
 N_VIDEO_ROWS, N_FRAMES, N_QUERY_ROWS, N_TOKENS, N_STRING_BYTES = range(5)
 N_COUNTS = 5

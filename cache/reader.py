@@ -14,7 +14,7 @@ from .records import CacheError, CacheSettings, QueryRecord, VideoRecord
 
 # Handles inherited from a parent process: kept referenced so that a child never closes
 # (or otherwise touches) HDF5 state that belongs to its parent.
-_INHERITED_HANDLES: list[h5py.File] = []
+_INHERITED_HANDLES: list[object] = []
 
 
 def read_settings(path: str | os.PathLike) -> CacheSettings:
@@ -50,9 +50,7 @@ class FeatureCache:
     def _dataset(self, name: str) -> h5py.Dataset:
         """Dataset `name` of this process's HDF5 handle (h5py objects never cross a fork)."""
         if self._h5 is None or self._pid != os.getpid():
-            if self._h5 is not None:  # a parent's handle: never used, never closed here
-                _INHERITED_HANDLES.append(self._h5)
-            self._h5, self._datasets = None, {}
+            self.close()
             self._h5 = L.open_h5_read(self.path)
             self._pid = os.getpid()
         if name not in self._datasets:
@@ -81,9 +79,11 @@ class FeatureCache:
         return list(self._index.queries)
 
     def has_video(self, vid: str) -> bool:
+        """True if video `vid` is in the cache."""
         return vid in self._index.videos
 
     def has_query(self, qid: str) -> bool:
+        """True if query `qid` is in the cache."""
         return qid in self._index.queries
 
     def video_record(self, vid: str) -> VideoRecord:
@@ -136,8 +136,11 @@ class FeatureCache:
 
     def close(self) -> None:
         """Close this process's handle (idempotent; reading again reopens)."""
-        if self._h5 is not None and self._pid == os.getpid():
-            self._h5.close()
+        if self._h5 is not None:
+            if self._pid == os.getpid():
+                self._h5.close()
+            else:  # a parent's handle: never closed here
+                _INHERITED_HANDLES.append((self._h5, self._datasets))
         self._h5, self._datasets = None, {}
 
     def __getstate__(self) -> dict:

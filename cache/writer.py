@@ -150,15 +150,7 @@ class CacheWriter:
         if backup is not None:
             log.warning("%s: recovered after an interrupted writer", self.path)
         self._f = _open_swmr_write(self.path)
-        names = (
-            L.COMMITTED,
-            L.STRINGS,
-            L.VIDEO_INDEX,
-            L.VIDEO_FRAMES,
-            L.QUERY_INDEX,
-            L.QUERY_TOKENS,
-        )
-        self._datasets = {name: self._f[name] for name in names}
+        self._datasets = {name: self._f[name] for name in L.ALL_DATASETS}
         index = L.load_index(self._f, self.path)
         self._seq, self._counts = index.seq, index.counts
         self._videos = {vid: (r.size, r.mtime) for vid, (r, _) in index.videos.items()}

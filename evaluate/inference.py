@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from r2.cache import FeatureCache
 from r2.evaluate.postprocess import postprocess_windows
 from r2.train.config import TrainPreset, get_preset
@@ -31,7 +33,6 @@ from r2.train.data import (
     prepare_items,
     read_annotations,
 )
-from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -97,7 +97,7 @@ def moment_metrics(
         items = [(p.windows, _in_range(g.windows, bounds)) for p, g in scored]
         items = [(w, gt) for w, gt in items if len(gt)]
         if not items:
-            log.info("no query has a GT window in range %r: its MR metrics are omitted", name)
+            log.debug("no query has a GT window in range %r: its MR metrics are omitted", name)
             continue
         metrics, ap = _mr_range(items, name)
         out.update(metrics)

@@ -128,7 +128,9 @@ def extract(
 
     Incremental: videos already cached from an unchanged source (same size and mtime) and
     queries cached with the same text are skipped; changed ones are re-extracted. Files that
-    can't be decoded are skipped with a one-line reason (fatal with `strict`).
+    can't be decoded are skipped with a one-line reason (fatal with `strict`). Videos are
+    decoded in `workers` processes (forkserver): call this from a script's
+    `if __name__ == "__main__":` block, as Python's multiprocessing requires.
 
     Args:
         inputs: video files and/or folders (searched recursively); video id = file stem.

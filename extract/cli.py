@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from r2.extract.defaults import (
     DEFAULT_FPS,
     DEFAULT_FRAME_AT,
@@ -75,8 +76,9 @@ def extract_command(
     _choice(dtype, DTYPE_CHOICES, "--dtype")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from r2.extract import InputError, extract
     from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from r2.extract import InputError, extract
 
     errors: tuple[type[BaseException], ...] = (InputError, ValueError)
     try:

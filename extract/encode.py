@@ -21,6 +21,7 @@ from pathlib import Path
 import ftfy
 import numpy as np
 import torch
+
 from r2.extract.defaults import DEFAULT_K, DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,9 @@ def _resolve_model(
         raise _load_error(model, revision, err) from err
     if config_file is None:
         raise _load_error(model, revision, FileNotFoundError("config.json not found"))
-    found = _COMMIT_RE.search(Path(config_file).resolve().parent.as_posix() + "/")
+    # Not resolve(): files in the HF cache are symlinks from snapshots/<commit>/ into blobs/.
+    found = _COMMIT_RE.search(Path(config_file).absolute().parent.as_posix() + "/")
     commit = found.group(1) if found else None
-    if commit is None and Path(model).is_dir():
-        found = _COMMIT_RE.search(Path(model).resolve().as_posix() + "/")
-        commit = found.group(1) if found else None
     return (commit or revision), commit
 
 

@@ -39,6 +39,8 @@ SETTINGS = CacheSettings(
 KILL_ROUNDS = int(os.environ.get("R2_CACHE_KILLS", "12"))
 MAX_DELAY_S = 0.4  # kill the child after a uniform random delay in [0, MAX_DELAY_S]
 MAX_CHILD_OPS = 3000  # a child that is never killed stops by itself
+MIN_KILLS_IN_ADD = 3  # kills that must land inside add_video / add_queries ...
+EXTRA_ROUNDS = 20  # ... for which up to this many rounds are added to KILL_ROUNDS
 
 
 def _seed(name: str, version: int) -> int:
@@ -156,41 +158,51 @@ def _check_cache(path: str, videos: dict[str, int], queries: dict[str, int],
             assert all(i.startswith(f"{in_flight}/") for i in unreported), unreported
 
 
+def _kill_round(path: str, tag: str, rng: random.Random, report: str,
+                videos: dict[str, int], queries: dict[str, int]) -> str:  # fmt: skip
+    """One child run + SIGKILL + checks + an append; returns where the kill landed."""
+    lines, phase = _run_and_kill(path, tag, rng, report)
+    for fields in lines:
+        if fields[0] == "V":
+            videos[fields[1]] = max(videos.get(fields[1], 0), int(fields[2]))
+        elif fields[0] == "Q":
+            queries[fields[1]] = int(fields[2])
+    if not os.path.exists(path):  # killed before the first cache was created
+        assert not videos and not queries
+        return phase
+    _check_cache(path, videos, queries, tag if phase == "add" else None)
+    # unreported but committed items are now known facts for later rounds
+    with FeatureCache(path) as cache:
+        for vid in cache.video_ids():
+            videos[vid] = max(videos.get(vid, 0), cache.video_record(vid).size)
+        queries.update((q, 1) for q in cache.query_ids())
+    with CacheWriter(path, SETTINGS) as writer:  # appending continues after the crash
+        writer.add_video(*video_item(f"{tag}/after-crash", 0))
+    videos[f"{tag}/after-crash"] = 0
+    _check_cache(path, videos, queries, None)
+    return phase
+
+
 def test_sigkill_at_random_moments_keeps_every_committed_item(tmp_path):
     path = str(tmp_path / "crash" / "cache.h5")
     rng = random.Random(1234)
     videos: dict[str, int] = {}  # vid -> newest version reported committed
     queries: dict[str, int] = {}
     phases: dict[str, int] = {}
-    for round_ in range(KILL_ROUNDS):
-        tag = f"r{round_}"
-        lines, phase = _run_and_kill(path, tag, rng, str(tmp_path / "report.txt"))
+    rounds = 0
+    # at least KILL_ROUNDS kills, and go on (a little) until MIN_KILLS_IN_ADD hit a write
+    while rounds < KILL_ROUNDS or (
+        phases.get("add", 0) < MIN_KILLS_IN_ADD and rounds < KILL_ROUNDS + EXTRA_ROUNDS
+    ):
+        phase = _kill_round(path, f"r{rounds}", rng, str(tmp_path / "report.txt"), videos, queries)
         phases[phase] = phases.get(phase, 0) + 1
-        for fields in lines:
-            if fields[0] == "V":
-                videos[fields[1]] = max(videos.get(fields[1], 0), int(fields[2]))
-            elif fields[0] == "Q":
-                queries[fields[1]] = int(fields[2])
-        if not os.path.exists(path):  # killed before the first cache was created
-            assert not videos and not queries
-            continue
-        _check_cache(path, videos, queries, tag if phase == "add" else None)
-        # unreported but committed items are now known facts for later rounds
-        with FeatureCache(path) as cache:
-            for vid in cache.video_ids():
-                videos[vid] = max(videos.get(vid, 0), cache.video_record(vid).size)
-            queries.update((q, 1) for q in cache.query_ids())
-        with CacheWriter(path, SETTINGS) as writer:  # appending continues after the crash
-            writer.add_video(*video_item(f"{tag}/after-crash", 0))
-        videos[f"{tag}/after-crash"] = 0
-        _check_cache(path, videos, queries, None)
-        if (round_ + 1) % 25 == 0:
-            print(f"round {round_ + 1}: {phases}", flush=True)
-    print(f"\n{KILL_ROUNDS} kills; phase at kill: {phases}; {len(videos)} videos, "
+        rounds += 1
+        if rounds % 25 == 0:
+            print(f"round {rounds}: {phases}", flush=True)
+    print(f"\n{rounds} kills; phase at kill: {phases}; {len(videos)} videos, "
           f"{len(queries)} queries committed")  # fmt: skip
-    assert len(videos) > KILL_ROUNDS  # the children really wrote
-    if KILL_ROUNDS >= 10:
-        assert phases.get("add", 0) >= 1, phases  # some kills landed inside a write
+    assert len(videos) > rounds  # the children really wrote
+    assert phases.get("add", 0) >= min(MIN_KILLS_IN_ADD, rounds), phases
 
 
 @pytest.mark.parametrize("kill_after", ["open", "add"])

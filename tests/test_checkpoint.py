@@ -10,6 +10,13 @@ import random
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
+from train_fixtures import (
+    SETTINGS,
+    TINY,
+    one_thread,  # noqa: F401 - autouse fixture: one torch thread
+)
+
 from r2.train.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
@@ -23,12 +30,6 @@ from r2.train.checkpoint import (
 )
 from r2.train.config import QVHIGHLIGHTS
 from r2.train.model import R2Model
-from safetensors.torch import save_file
-from train_fixtures import (
-    SETTINGS,
-    TINY,
-    one_thread,  # noqa: F401 - autouse fixture: one torch thread
-)
 
 
 def _model(seed: int = 0, **overrides) -> R2Model:

@@ -1,6 +1,5 @@
 """The embedded demo dataset: determinism, real decodable videos, visible events, schema, split."""
 
-import functools
 import json
 import math
 import os
@@ -33,13 +32,22 @@ def ds(tmp_path_factory):
     return make_demo_dataset(tmp_path_factory.mktemp("demo"), n_videos=N_VIDEOS, seed=3)
 
 
+@pytest.fixture(scope="module")
+def decoded(ds):
+    """vid -> (frame times, RGB frames, container duration, codec name), decoded once."""
+    cache: dict = {}
+
+    def get(vid: str):
+        if vid not in cache:
+            cache[vid] = _decode(ds.videos / f"{vid}.mp4")
+        return cache[vid]
+
+    yield get
+    cache.clear()
+
+
 def _splits(ds) -> dict[str, list[dict]]:
     return {name: load_jsonl(getattr(ds, name)) for name in ("train", "val", "test")}
-
-
-@functools.lru_cache(maxsize=32)
-def _decode_cached(path: str):
-    return _decode(path)
 
 
 def _decode(path):
@@ -57,12 +65,12 @@ def _colour_of(query: str) -> str:
     return found[0]
 
 
-def test_same_seed_gives_identical_annotations_and_frames(ds, tmp_path):
+def test_same_seed_gives_identical_annotations_and_frames(ds, decoded, tmp_path):
     again = make_demo_dataset(tmp_path / "again", n_videos=N_VIDEOS, seed=3)
     for name in ("train", "val", "test"):
         assert getattr(again, name).read_bytes() == getattr(ds, name).read_bytes()
     for video in sorted(ds.videos.glob("*.mp4")):
-        times_a, frames_a, _, _ = _decode_cached(str(video))
+        times_a, frames_a, _, _ = decoded(video.stem)
         times_b, frames_b, _, _ = _decode(again.videos / video.name)
         np.testing.assert_array_equal(times_a, times_b)
         np.testing.assert_array_equal(frames_a, frames_b)
@@ -75,18 +83,18 @@ def test_other_seed_gives_other_dataset(ds, tmp_path):
     assert not np.array_equal(_decode(ds.videos / vid)[1], _decode(other.videos / vid)[1])
 
 
-def test_videos_are_h264_and_decode_to_their_duration(ds):
+def test_videos_are_h264_and_decode_to_their_duration(ds, decoded):
     durations = {r["vid"]: r["duration"] for rows in _splits(ds).values() for r in rows}
     assert len(durations) == N_VIDEOS
     for vid, duration in durations.items():
-        times, frames, container_duration, codec = _decode_cached(str(ds.videos / f"{vid}.mp4"))
+        times, frames, container_duration, codec = decoded(vid)
         assert codec == "h264"
         assert frames.shape == (round(duration * FPS), SIZE[1], SIZE[0], 3)
         assert container_duration == pytest.approx(duration, abs=1e-3)
         np.testing.assert_allclose(times, np.arange(len(times)) / FPS)
 
 
-def test_each_query_shape_is_on_screen_exactly_inside_its_windows(ds):
+def test_each_query_shape_is_on_screen_exactly_inside_its_windows(ds, decoded):
     """Every decoded frame: the query's colour covers the frame's shape area iff t is in a window.
 
     This holds for every frame of each 2-s clip, so any clip-sampling rule (start or middle
@@ -94,7 +102,7 @@ def test_each_query_shape_is_on_screen_exactly_inside_its_windows(ds):
     """
     rows = [r for name in ("train", "val") for r in _splits(ds)[name]]
     for row in rows:
-        times, frames, _, _ = _decode_cached(str(ds.videos / f"{row['vid']}.mp4"))
+        times, frames, _, _ = decoded(row["vid"])
         colour = np.array(COLOURS[_colour_of(row["query"])], dtype=float)
         near = np.linalg.norm(frames.astype(float) - colour, axis=-1) < COLOUR_TOLERANCE
         fraction = near.mean(axis=(1, 2))  # (n_frames,)
@@ -162,6 +170,18 @@ def test_event_timing_varies_so_a_fixed_window_is_a_weak_guess():
         s, e = start * row["duration"], end * row["duration"]
         ious.append(max(_iou((s, e), w) for w in row["relevant_windows"]))
     assert np.mean(ious) < 0.35
+
+
+def test_saliency_is_higher_in_the_middle_of_an_event():
+    plans = [demo_data._plan_video(1, i) for i in range(100)]
+    train, _, _ = demo_data._split_rows(plans, 1, 0.2, 0.1)
+    edge, middle = [], []
+    for row in (r for r in train if len(r["relevant_windows"]) == 1):
+        sums = [sum(t) for t in row["saliency_scores"]]
+        if len(sums) >= 4:
+            edge += [sums[0], sums[-1]]
+            middle.append(sums[len(sums) // 2])
+    assert np.mean(middle) > np.mean(edge) + 1.5
 
 
 def _iou(a, b) -> float:

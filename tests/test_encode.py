@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from r2.extract.encode import ClipEncoder, ModelLoadError, clean_text
-from r2.extract.tiny_clip import TINY_MEAN, TINY_STD, make_tiny_clip
 from safetensors.numpy import load_file, save_file
 from transformers import CLIPModel, CLIPTokenizer
+
+from r2.extract.encode import ClipEncoder, ModelLoadError, clean_text
+from r2.extract.tiny_clip import TINY_MEAN, TINY_STD, make_tiny_clip
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -175,8 +176,13 @@ def test_loading_errors_are_clear_and_never_random(tmp_path, tiny):
 
 
 def test_hub_revision_is_resolved_to_the_commit(tmp_path, tiny):
-    repo = tmp_path / "models--r2test--tiny"  # the HuggingFace cache layout
-    shutil.copytree(tiny, repo / "snapshots" / COMMIT)
+    repo = tmp_path / "models--r2test--tiny"  # the HuggingFace cache layout:
+    snapshot = repo / "snapshots" / COMMIT  # snapshots/<commit>/<file> -> ../../blobs/<hash>
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for i, file in enumerate(sorted(tiny.iterdir())):
+        shutil.copy(file, repo / "blobs" / f"blob{i}")
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", f"blob{i}"))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(COMMIT)
     for revision in (None, "main"):

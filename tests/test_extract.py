@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from typer.testing import CliRunner
+
 from r2.cache import CacheMismatchError, FeatureCache, read_settings
 from r2.extract import ExtractSummary, InputError, default_out, extract
 from r2.extract.cli import extract_command
@@ -17,7 +19,6 @@ from r2.extract.decode import decode_video
 from r2.extract.encode import ClipEncoder
 from r2.extract.pipeline import SkipError
 from r2.extract.tiny_clip import make_tiny_clip
-from typer.testing import CliRunner
 
 BAD = {"corrupt", "no_video"}  # testdata folders whose every file must be skipped
 

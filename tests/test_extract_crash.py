@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import videogen as vg
+
 from r2.cache import FeatureCache
 from r2.extract.tiny_clip import make_tiny_clip
 

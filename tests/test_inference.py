@@ -8,14 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from r2.cache import CacheSettings, CacheWriter, QueryRecord, VideoRecord
-from r2.evaluate.inference import predict_split
-from r2.evaluate.postprocess import postprocess_windows
-from r2.train.batch import Sample, collate
-from r2.train.checkpoint import build_meta, check_cache_compatible, load_checkpoint, save_checkpoint
-from r2.train.config import QVHIGHLIGHTS
-from r2.train.data import MissingFeaturesError
-from r2.train.model import R2Model
 from safetensors.numpy import load_file
 from train_fixtures import (
     SETTINGS,
@@ -25,6 +17,15 @@ from train_fixtures import (
     one_thread,  # noqa: F401 - autouse fixture: one torch thread
     write_jsonl,
 )
+
+from r2.cache import CacheSettings, CacheWriter, QueryRecord, VideoRecord
+from r2.evaluate.inference import predict_split
+from r2.evaluate.postprocess import postprocess_windows
+from r2.train.batch import Sample, collate
+from r2.train.checkpoint import build_meta, check_cache_compatible, load_checkpoint, save_checkpoint
+from r2.train.config import QVHIGHLIGHTS
+from r2.train.data import MissingFeaturesError
+from r2.train.model import R2Model
 
 VIT_B32 = CacheSettings(
     model_id="openai/clip-vit-base-patch32", revision=None, k=4, fps=0.5, frame_at="middle",

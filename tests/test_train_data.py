@@ -8,9 +8,6 @@ import logging
 import numpy as np
 import pytest
 import torch
-from r2.cache import FeatureCache
-from r2.train import data as D
-from r2.train.labels import clean_windows
 from safetensors.numpy import load_file
 from train_fixtures import (
     FPS,
@@ -19,6 +16,10 @@ from train_fixtures import (
     one_thread,  # noqa: F401 - autouse fixture: one torch thread
     write_jsonl,
 )
+
+from r2.cache import FeatureCache
+from r2.train import data as D
+from r2.train.labels import clean_windows
 
 
 def _lines(path, n):

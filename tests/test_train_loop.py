@@ -8,12 +8,6 @@ import json
 import numpy as np
 import pytest
 import typer
-from r2.train import RunExistsError, train
-from r2.train.checkpoint import load_checkpoint, read_meta
-from r2.train.cli import train_command
-from r2.train.config import QVHIGHLIGHTS, TVSUM
-from r2.train.data import EpochBatchSampler
-from r2.train.loop import NonFiniteLossError, learning_rate
 from train_fixtures import (
     TINY,
     make_annotations,
@@ -22,6 +16,13 @@ from train_fixtures import (
     write_jsonl,
 )
 from typer.testing import CliRunner
+
+from r2.train import RunExistsError, train
+from r2.train.checkpoint import load_checkpoint, read_meta
+from r2.train.cli import train_command
+from r2.train.config import QVHIGHLIGHTS, TVSUM
+from r2.train.data import EpochBatchSampler
+from r2.train.loop import NonFiniteLossError, learning_rate
 
 FAST = {"device": "cpu", "workers": 0, "preload": "ram", "config": TINY}
 

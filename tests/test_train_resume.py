@@ -10,14 +10,15 @@ import textwrap
 from pathlib import Path
 
 import torch
-from r2.train import train
-from r2.train.checkpoint import read_meta
 from safetensors.torch import load_file
 from train_fixtures import (
     TINY,
     one_thread,  # noqa: F401 - autouse fixture: one torch thread
     tiny_run,
 )
+
+from r2.train import train
+from r2.train.checkpoint import read_meta
 
 # The child trains in a fresh process with one torch thread (as the in-process runs here)
 # and SIGKILLs itself right after optimizer step `kill_at`: a real kill -9 mid-epoch.

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from r2.cache import CacheSettings, CacheWriter, QueryRecord, VideoRecord
 
 FPS = 0.5

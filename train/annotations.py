@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from r2.cache import FeatureCache
 
 from .labels import (

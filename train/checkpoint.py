@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from r2.cache import CacheSettings
 from safetensors import safe_open
-from safetensors.torch import load as st_load
+from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
 from r2 import __version__
+from r2.cache import CacheSettings
 
 from .config import R2Config, TrainPreset
 from .model import R2Model
@@ -231,7 +231,10 @@ def load_checkpoint(
     p = resolve_path(path)
     meta = read_meta(p)
     model = R2Model(config_from_meta(meta))
-    state = st_load(p.read_bytes())
+    try:  # tensors own their memory (writable, aligned), unlike views into a bytes object
+        state = load_file(str(p))
+    except Exception as exc:
+        raise CheckpointError(f"{p}: unreadable weights: {exc}") from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -398,7 +401,7 @@ def load_training_state(
     try:
         with safe_open(str(p), framework="pt") as f:
             header = json.loads((f.metadata() or {})[META_KEY])
-        tensors = st_load(p.read_bytes())
+        tensors = load_file(str(p))
     except Exception as exc:
         raise CheckpointError(f"{p}: unreadable training state: {exc}") from exc
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}

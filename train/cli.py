@@ -90,8 +90,9 @@ def train_command(
     overrides = _parse_config(config)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from r2.train import train
     from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from r2.train import train
 
     try:
         with logging_redirect_tqdm():

@@ -17,9 +17,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from r2.cache import FeatureCache
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
+
+from r2.cache import FeatureCache
 
 from .annotations import (
     Annotation,

@@ -11,9 +11,9 @@ computes exactly the same function chunk by chunk of frames instead:
 - only the per-chunk dropout masks (bool) are kept for backward; the normalised tokens
   are recomputed from the features (element-wise, cheap next to the matrix products);
 - the dropout scale 1/(1−p) is folded into the LayerNorm affine parameters;
-- without dropout (eval mode, or p = 0) the backward pass needs one matrix product per
-  chunk instead of two: with M = gᵀ·x̂ (C × 770), dW = M ⊙ γ + (Σg) ⊗ β,
-  dγ = Σ_o W ⊙ M and dβ = Wᵀ·Σg.
+- the backward pass needs one product per chunk, gᵀ·[keep ⊙ x̂ | keep] (C × 2·770;
+  C × 770 without dropout), from which the gradients of W, γ and β all follow — no
+  (tokens × 770) gradient at the LayerNorm output is ever formed (see `backward`).
 
 Dropout masks are drawn by `keep_mask`: for p = 0.5 every random bit is one Bernoulli(½)
 draw (8 per random byte, several times faster than `bernoulli_`), otherwise uniform
@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-CHUNK_TOKENS = 2048
-"""Tokens per chunk (2048 × 770 float32 ≈ 6 MB per temporary)."""
+CHUNK_TOKENS = 16384
+"""Tokens per chunk (16384 × 770 float32 ≈ 50 MB per temporary). Large chunks keep the
+number of parallel regions small, which matters on a loaded machine."""
 _BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)
 
 
@@ -92,30 +93,31 @@ class _TefNormLinear(torch.autograd.Function):
     def backward(ctx, gy):
         x, tef, ln_w, ln_b, weight = ctx.saved_tensors
         n_frames, din, p = x.size(0), weight.size(1), ctx.p
-        g_w, g_lnw = torch.zeros_like(weight), torch.zeros_like(ln_w)
-        g_lnb = torch.zeros_like(ln_b)
+        # With z = keep ⊙ (x̂ γ + β) s and g = dL/dy, everything follows from
+        # A = gᵀ(keep ⊙ x̂) and K = gᵀ keep (C × Din): dW = s (A ⊙ γ + K ⊙ β),
+        # dγ = s Σ_o W ⊙ A, dβ = s Σ_o W ⊙ K — one product per chunk, no n × Din gradient.
         g_sum = gy.sum(dim=(0, 1))  # (C,)
-        scale = 1.0 / (1.0 - p)
-        w_s, b_s, weight_s = ln_w * scale, ln_b * scale, weight * scale
+        acc = weight.new_zeros(weight.size(0), 2 * din if p > 0 else din)  # [A | K]
         buf = x.new_empty((ctx.chunk_frames * x.size(1), din), dtype=torch.float32)
+        pair = buf.new_empty(buf.size(0), acc.size(1)) if p > 0 else None
         for i, f0 in enumerate(range(0, n_frames, ctx.chunk_frames)):
             f1 = min(f0 + ctx.chunk_frames, n_frames)
             g = gy[f0:f1].reshape(-1, gy.size(-1))  # (n, C)
             xhat = F.layer_norm(_fill_tokens(buf, x, tef, f0, f1), (din,), eps=ctx.eps)
             if p == 0:
-                m = g.t() @ xhat  # (C, Din): all three gradients follow from it
-                g_w.addcmul_(m, ln_w)
-                g_lnw += (weight * m).sum(0)
+                acc.addmm_(g.t(), xhat)
                 continue
-            keep = ctx.masks[i]
-            g_w.addmm_(g.t(), torch.addcmul(b_s, xhat, w_s).mul_(keep))
-            gz = (g @ weight_s).mul_(keep)  # (n, Din) gradient at the LayerNorm output
-            g_lnb += gz.sum(0)
-            g_lnw += gz.mul_(xhat).sum(0)
-        if p == 0:
-            g_w += torch.outer(g_sum, ln_b)
-            g_lnb = weight.t() @ g_sum
+            keep, cols = ctx.masks[i], pair[: g.size(0)]
+            torch.mul(xhat, keep, out=cols[:, :din])
+            cols[:, din:].copy_(keep)
+            acc.addmm_(g.t(), cols)
         ctx.masks = None
+        a_mat = acc[:, :din]
+        k_mat = acc[:, din:] if p > 0 else g_sum[:, None].expand_as(a_mat)
+        scale = 1.0 / (1.0 - p)
+        g_w = (a_mat * ln_w + k_mat * ln_b) * scale
+        g_lnw = (weight * a_mat).sum(0) * scale
+        g_lnb = (weight * k_mat).sum(0) * scale
         return None, None, g_lnw, g_lnb, g_w, g_sum, None, None, None
 
 
@@ -125,7 +127,7 @@ def tef_norm_linear(
     norm: nn.LayerNorm,
     drop: nn.Dropout,
     linear: nn.Linear,
-    chunk_tokens: int = CHUNK_TOKENS,
+    chunk_tokens: int | None = None,
 ) -> Tensor:
     """`linear(drop(norm(cat(x, tef))))` for frames x (F, P, D) and tef (F, 2) or None.
 
@@ -133,17 +135,19 @@ def tef_norm_linear(
         x: (F, P, D) tokens of F frames, any float dtype, no gradient.
         tef: (F, 2) float32 endpoint features appended to every token of a frame, or None.
         norm, drop, linear: the modules whose parameters (and dropout p / train mode) apply.
+        chunk_tokens: tokens per chunk (default `CHUNK_TOKENS`).
 
     Returns:
         (F, P, C) float32.
     """
     if x.requires_grad:
         raise ValueError("tef_norm_linear: the video features must not require a gradient")
-    chunk_frames = max(1, chunk_tokens // max(1, x.size(1)))
+    chunk_frames = max(1, (chunk_tokens or CHUNK_TOKENS) // max(1, x.size(1)))
     p = drop.p if drop.training else 0.0
-    return _TefNormLinear.apply(
-        x, tef, norm.weight, norm.bias, linear.weight, linear.bias, p, norm.eps, chunk_frames
-    )
+    with torch.autocast(x.device.type, enabled=False):  # float32 math, upcast per chunk
+        return _TefNormLinear.apply(
+            x, tef, norm.weight, norm.bias, linear.weight, linear.bias, p, norm.eps, chunk_frames
+        )
 
 
 def reference_tef_norm_linear(

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from r2.evaluate import evaluate_records
 from r2.evaluate.inference import predict_items
-from tqdm import tqdm
 
 from .batch import Batch
 from .checkpoint import atomic_write_bytes, save_checkpoint, save_training_state
