@@ -158,7 +158,9 @@ def extract(
     """
     began = time.perf_counter()
     _check_options(k, fps, frame_at, dtype, workers, batch_frames)
-    videos = find_videos(list(inputs))
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    annotations = [annotations] if isinstance(annotations, (str, os.PathLike)) else annotations
+    videos = find_videos(inputs)
     queries = read_queries(list(annotations))
     if not videos and not queries:
         raise InputError("nothing to extract: no video files found and no queries given")

@@ -115,7 +115,7 @@ def test_queries_are_encoded_like_the_encoder(tmp_path, tiny, encoder):
     long = " ".join(["word"] * 100)
     anno = _anno(tmp_path / "a.jsonl", [{"qid": 7, "query": "the cat &amp; dog"},
                                          {"qid": 8, "query": long, "vid": "v"}])  # fmt: skip
-    summary = extract([], tmp_path / "q.h5", [anno], model=tiny)
+    summary = extract([], tmp_path / "q.h5", anno, model=tiny)  # one path is fine too
     assert summary.queries_done == 2 and summary.queries_truncated == ["8"] and summary.usable
     expected = encoder.encode_texts(["the cat &amp; dog", long])
     with FeatureCache(tmp_path / "q.h5") as cache:

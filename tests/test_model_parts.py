@@ -61,7 +61,7 @@ def test_tef_norm_linear_equals_plain_with_dropout(monkeypatch):
     masks = []
 
     def recorded_mask(shape, p, device="cpu"):
-        masks.append(torch.rand(shape) < 1 - p)
+        masks.append((torch.rand(shape) < 1 - p).to(torch.uint8))
         return masks[-1]
 
     monkeypatch.setattr(fused, "keep_mask", recorded_mask)
@@ -69,7 +69,7 @@ def test_tef_norm_linear_equals_plain_with_dropout(monkeypatch):
     y = tef_norm_linear(x, tef, norm, Dropout(0.3).train(), linear, chunk_tokens=15)
     (y * g).sum().backward()
     ours = _grads(norm, linear)
-    keep = torch.cat([m for m in masks]).view(11, 5, 20)
+    keep = torch.cat(masks).view(11, 5, 20).bool()
     z = norm(torch.cat((x.float(), tef[:, None].expand(-1, 5, -1)), dim=-1))
     y_ref = linear(torch.where(keep, z / 0.7, 0.0))
     (y_ref * g).sum().backward()
@@ -82,18 +82,20 @@ def test_tef_norm_linear_equals_plain_with_dropout(monkeypatch):
 def test_keep_mask_is_bernoulli(p):
     torch.manual_seed(0)
     m = keep_mask((400, 250), p)
-    assert m.dtype == torch.bool and m.shape == (400, 250)
+    assert m.dtype == torch.uint8 and m.shape == (400, 250) and m.max() == 1
     assert abs(m.float().mean().item() - (1 - p)) < 0.01
     # neighbouring draws are independent (the p = 0.5 path packs 8 draws per random byte)
     a, b = m.flatten()[:-1].float(), m.flatten()[1:].float()
     assert abs((a * b).mean().item() - (1 - p) ** 2) < 0.01
     d = Dropout(p).train()
-    x = torch.ones(1000, 100)
+    x = torch.ones(1000, 100, requires_grad=True)
     y = d(x)
+    y.backward(torch.full_like(y, 3.0))
+    torch.testing.assert_close(x.grad, 3.0 * y.detach())  # the same mask and scale
     values = torch.unique(y)
     assert len(values) == 2 and values[0] == 0
     assert values[1].item() == pytest.approx(1 / (1 - p))
-    assert torch.equal(d.eval()(x), x)
+    assert d.eval()(x) is x
 
 
 def _literal_pool(step: R2Step, u, q):

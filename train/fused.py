@@ -8,8 +8,9 @@ computes exactly the same function chunk by chunk of frames instead:
 
 - the features stay in their stored dtype (float16 from the cache) and are upcast one
   chunk at a time into a reused 770-wide buffer (upcast, layout and tef in one pass);
-- only the per-chunk dropout masks (bool) are kept for backward; the normalised tokens
-  are recomputed from the features (element-wise, cheap next to the matrix products);
+- only the per-chunk dropout masks (one byte per value) are kept for backward; the
+  normalised tokens are recomputed from the features (element-wise, cheap next to the
+  matrix products);
 - the dropout scale 1/(1−p) is folded into the LayerNorm affine parameters;
 - the backward pass needs one product per chunk, gᵀ·[keep ⊙ x̂ | keep] (C × 2·770;
   C × 770 without dropout), from which the gradients of W, γ and β all follow — no
@@ -17,7 +18,9 @@ computes exactly the same function chunk by chunk of frames instead:
 
 Dropout masks are drawn by `keep_mask`: for p = 0.5 every random bit is one Bernoulli(½)
 draw (8 per random byte, several times faster than `bernoulli_`), otherwise uniform
-float32 draws compared with 1 − p. Both are exact Bernoulli(1 − p) masks.
+float32 draws compared with 1 − p. Both are exact Bernoulli(1 − p) masks. They are kept
+as uint8 0/1 and applied as float32 0/1 multipliers: on CPU, float × bool products and
+`torch.where` run several times slower than a float × float product.
 """
 
 from __future__ import annotations
@@ -26,22 +29,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-CHUNK_TOKENS = 16384
-"""Tokens per chunk (16384 × 770 float32 ≈ 50 MB per temporary). Large chunks keep the
-number of parallel regions small, which matters on a loaded machine."""
+CHUNK_TOKENS = 8192
+"""Tokens per chunk: 8192 × 770 float32 ≈ 25 MB per temporary, large enough to keep the
+number of parallel regions small (a loaded machine makes each one costly) and small
+enough to stay below glibc's 32 MB mmap threshold (no fresh page faults per chunk)."""
 _BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)
 
 
 def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cpu") -> Tensor:
-    """Bool mask of independent Bernoulli(1 − p) draws (True = keep)."""
+    """uint8 mask of independent Bernoulli(1 − p) draws (1 = keep)."""
     n = 1
     for s in shape:
         n *= s
     if p == 0.5:
         r = torch.empty((n + 7) // 8, dtype=torch.uint8, device=device).random_()
         bits = (r[None] >> _BIT_SHIFTS.to(device)[:, None]) & 1  # (8, n/8)
-        return bits.view(-1)[:n].view(shape).bool()
-    return torch.rand(shape, device=device) < (1 - p)
+        return bits.view(-1)[:n].view(shape)
+    return (torch.rand(shape, device=device) < (1 - p)).view(torch.uint8)
+
+
+class _ScaledMask(torch.autograd.Function):
+    """x · keep · scale with a uint8 keep mask (saved as is: one byte per value)."""
+
+    @staticmethod
+    def forward(ctx, x, keep, scale):
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return x * keep.to(x.dtype).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, g):
+        (keep,) = ctx.saved_tensors
+        return g * keep.to(g.dtype).mul_(ctx.scale), None, None
 
 
 class Dropout(nn.Dropout):
@@ -51,7 +70,7 @@ class Dropout(nn.Dropout):
         if not self.training or self.p == 0:
             return x
         keep = keep_mask(tuple(x.shape), self.p, x.device)
-        return torch.where(keep, x * (1 / (1 - self.p)), 0.0)
+        return _ScaledMask.apply(x, keep, 1 / (1 - self.p))
 
 
 def _fill_tokens(buf: Tensor, x: Tensor, tef: Tensor | None, f0: int, f1: int) -> Tensor:
@@ -72,6 +91,7 @@ class _TefNormLinear(torch.autograd.Function):
         n_frames, n_tok, din = x.size(0), x.size(1), weight.size(1)
         y = x.new_empty((n_frames, n_tok, weight.size(0)), dtype=torch.float32)
         buf = x.new_empty((chunk_frames * n_tok, din), dtype=torch.float32)
+        keep_f = torch.empty_like(buf) if p > 0 else None  # float copy of a chunk's mask
         scale = 1.0 / (1.0 - p)
         masks = []
         for f0 in range(0, n_frames, chunk_frames):
@@ -80,7 +100,7 @@ class _TefNormLinear(torch.autograd.Function):
             if p > 0:  # LN with the dropout scale folded into its affine, then the mask
                 z = F.layer_norm(tok, (din,), ln_w * scale, ln_b * scale, eps)
                 keep = keep_mask(tuple(z.shape), p, z.device)
-                z.mul_(keep)
+                z.mul_(keep_f[: z.size(0)].copy_(keep))
                 masks.append(keep)
             else:
                 z = F.layer_norm(tok, (din,), ln_w, ln_b, eps)
@@ -107,9 +127,9 @@ class _TefNormLinear(torch.autograd.Function):
             if p == 0:
                 acc.addmm_(g.t(), xhat)
                 continue
-            keep, cols = ctx.masks[i], pair[: g.size(0)]
+            cols = pair[: g.size(0)]
+            keep = cols[:, din:].copy_(ctx.masks[i])  # float 0/1
             torch.mul(xhat, keep, out=cols[:, :din])
-            cols[:, din:].copy_(keep)
             acc.addmm_(g.t(), cols)
         ctx.masks = None
         a_mat = acc[:, :din]
