@@ -1,32 +1,15 @@
 """Exact, fast frame sampling: one preprocessed RGB frame per clip of a video file.
 
 The frames are the ones the original features were made from (spec §1): ``ffmpeg -i VIDEO
--vf fps=FPS,scale=W:H,crop=S:S:X:Y -pix_fmt rgb24``. ffmpeg's rule, reproduced exactly
-(tests compare it with libavfilter's own fps filter):
+-vf fps=FPS,scale=W:H,crop=S:S:X:Y -pix_fmt rgb24``, reproduced exactly:
 
-- Time ``t`` of a frame: its presentation timestamp on the chosen video stream minus the
-  container's start time (ffmpeg's default input offset), as an exact rational.
-- ``end``: the last frame's ``t`` plus its duration (packet duration; else the gap to the
-  previous frame; else 1 / frame rate): the timestamp ffmpeg closes the filter input with.
-- Clip ticks run from ``n0 = round(t_first·fps)`` to ``round(end·fps) - 1``, rounding halves
-  up, so ``T = round(end·fps) - round(t_first·fps)``, at least 1.
-- ``duration = end - t_first``, the span of the video stream. The video starts at the
-  container start in almost every file (always for video-only files), and then
-  ``T = round(duration × fps)``: 150 s at 30 fps gives 75 clips at 0.5 fps, 30.7 s gives 15,
-  exactly 5 s gives 3 (half up). Stream/container duration fields are not used: they are often
-  missing (Matroska) or cover the audio, and ffmpeg's filter never sees them.
-- Clip ``i`` (tick ``n = n0 + i``) takes the last frame with ``t < (n + 0.5) / fps``
-  (``frame_at="middle"``, the original) or ``t <= n / fps`` (``"start"``, the frame on screen
-  when the clip starts); the first frame when there is none.
-
-Geometry, by ffmpeg's own filters (libavfilter), as its command line chains them: autorotate
-by the display matrix (transpose / hflip / vflip), then swscale bicubic to shorter side ``S``
-and other side ``int(long * S / short)``, centre crop ``S × S`` at ``int((w - S) / 2),
-int((h - S) / 2)`` (the original's arithmetic), rgb24 with the frame's colour matrix and range.
-Pixel aspect is ignored, as in the original. libavfilter's scale places 4:2:0 chroma centred
-as the ffmpeg of the original did (PyAV's ``reformat`` follows the decoder's "left" chroma
-location instead: up to ~30 levels apart at colour edges). Unlike the original, which sized
-the scale from the coded width/height, rotated videos are sized in display orientation.
+- which frame each clip takes: ffmpeg's fps filter rule, r2.extract.sampling. In almost every
+  file ``n_clips = round(duration × fps)``, halves up (150 s at 0.5 fps gives 75 clips, exactly
+  5 s gives 3), with ``duration`` the span of the video stream, first frame to the end of the
+  last;
+- the geometry (autorotate, swscale bicubic to shorter side ``S``, centre crop ``S × S``,
+  rgb24) by libavfilter itself: r2.extract.filters;
+- opening the file, pass 1 and the plan: r2.extract.packets.
 
 Speed without changing a single selected frame: pass 1 demuxes packets (no decoding) to get
 every frame's timestamp and keyframe flag and computes the selection; pass 2 decodes, for each
@@ -39,54 +22,45 @@ sequentially instead, with libavcodec's best-effort timestamps, which is what ff
 
 from __future__ import annotations
 
-import itertools
 import logging
-import math
 import os
-from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 
 import av
 import numpy as np
-from av.filter import Graph
-from av.sidedata.sidedata import Type as SideDataType
-from av.stream import Discard, Disposition
+
+from r2.extract.filters import _Preprocess
+from r2.extract.filters import _scaled_size as _scaled_size  # re-exported for the tests
+from r2.extract.packets import (
+    _NOPTS,
+    SEEK_MIN_PACKETS,
+    VideoError,
+    VideoProbe,
+    _frame_duration,
+    _is_real,
+    _plan,
+    _reason,
+    _scan,
+    _Source,
+    _Table,
+)
+from r2.extract.sampling import FRAME_AT, _BestEffort, _FpsCursor, _tick, as_rate, select_frames
+
+__all__ = [
+    "FRAME_AT",
+    "ClipFrames",
+    "DecodedVideo",
+    "VideoError",
+    "VideoProbe",
+    "as_rate",
+    "decode_video",
+    "iter_clip_frames",
+    "probe_video",
+    "select_frames",
+]
 
 logger = logging.getLogger(__name__)
-
-FRAME_AT = ("middle", "start")
-FPS_MAX_DENOMINATOR = 1_001_000  # ffmpeg reads a frame rate with av_d2q(rate, 1001000)
-SEEK_MIN_PACKETS = 96  # shorter gaps are demuxed through (no decoding) instead of seeking
-INTERPOLATION = "bicubic"  # the swscale flags ffmpeg's command line gives its scale filter
-DEFAULT_STREAM_BONUS = 5_000_000  # ffmpeg's stream choice: width*height (+ this if default)
-FAST_PATH_CODECS = frozenset(
-    {"h264", "hevc", "vp8", "vp9", "av1", "mpeg2video", "mjpeg", "prores", "ffv1", "png"}
-    | {"rawvideo", "dnxhd", "utvideo", "qtrle"}
-)
-_NOPTS = -(2**63)
-
-
-class VideoError(Exception):
-    """A video cannot be sampled; the message is one line naming the file and the reason."""
-
-
-@dataclass(frozen=True)
-class VideoProbe:
-    """What a video's clips will be, from packet headers (and the first frame's display matrix)."""
-
-    path: str
-    stream_index: int  # the video stream ffmpeg would pick
-    codec: str
-    fps: float  # clip rate n_clips refers to
-    duration: float  # seconds, first frame to the end of the last frame
-    n_clips: int
-    start: float  # first frame's time, seconds after the container start
-    n_frames: int
-    width: int  # display size (after rotation)
-    height: int
-    rotation: int  # display matrix rotation, degrees counter-clockwise (ffprobe's `rotation`)
 
 
 @dataclass
@@ -102,447 +76,6 @@ class DecodedVideo:
 
 class _FastPathError(Exception):
     """Packet timestamps turned out not to describe the decoded frames."""
-
-
-# ---------------------------------------------------------------- timestamps -> selected frames
-
-
-def as_rate(fps: float | Fraction) -> Fraction:
-    """The exact clip rate ffmpeg uses for ``fps`` (av_d2q with its 1001000 bound)."""
-    rate = Fraction(fps).limit_denominator(FPS_MAX_DENOMINATOR)
-    if rate <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
-    return rate
-
-
-def _tick(a, b, frame_at: str = "middle"):
-    """a / b (b > 0) rounded to a clip tick: halves away from zero, or up for "start".
-
-    Works on Python ints and on numpy int64/object arrays alike.
-    """
-    if frame_at == "start":
-        return -((-a) // b)
-    up, down = (2 * a + b) // (2 * b), -((b - 2 * a) // (2 * b))
-    if isinstance(a, np.ndarray):
-        return np.where(a >= 0, up, down)
-    return up if a >= 0 else down
-
-
-class _FpsCursor:
-    """ffmpeg's fps filter: the frame in hand fills every tick before the next frame's tick."""
-
-    def __init__(self, first_tick: int) -> None:
-        self.next = first_tick
-        self.count = 0
-
-    def fill(self, until: int) -> int:
-        """How many ticks the frame in hand fills before a frame (or the end) at ``until``."""
-        n = max(0, until - self.next)
-        self.next += n
-        self.count += n
-        return n
-
-
-def _assign(ticks: Sequence[int], first_tick: int, end_tick: int) -> list[int]:
-    """One frame index per clip, given each frame's tick in arrival order."""
-    cursor, out = _FpsCursor(first_tick), []
-    for k in range(1, len(ticks)):
-        out += [k - 1] * cursor.fill(int(ticks[k]))
-    out += [len(ticks) - 1] * cursor.fill(max(end_tick, first_tick + 1))
-    return out
-
-
-def select_frames(
-    times: Sequence[Fraction | int | float],
-    end: Fraction | int | float,
-    fps: float | Fraction,
-    frame_at: str = "middle",
-) -> list[int]:
-    """Which frame each clip takes (the module docstring's rule, as ffmpeg's fps filter).
-
-    Args:
-        times: frame times in seconds from the container start, in the order frames come out
-            of the decoder (presentation order). Floats are taken at their exact binary value.
-        end: end of the last frame, seconds.
-        fps: clip rate.
-        frame_at: "middle" (original) or "start".
-
-    Returns:
-        One index into ``times`` per clip; ``len`` is the number of clips (at least 1).
-    """
-    if frame_at not in FRAME_AT:
-        raise ValueError(f"frame_at must be one of {FRAME_AT}, got {frame_at!r}")
-    if not times:
-        raise ValueError("no frames")
-    rate = as_rate(fps)
-    scaled = [Fraction(t) * rate for t in times]
-    ticks = [_tick(x.numerator, x.denominator, frame_at) for x in scaled]
-    last = Fraction(end) * rate
-    first_tick = _tick(scaled[0].numerator, scaled[0].denominator)
-    return _assign(ticks, first_tick, _tick(last.numerator, last.denominator))
-
-
-class _BestEffort:
-    """libavcodec's guess_correct_pts: the timestamp ffmpeg gives each decoded frame."""
-
-    def __init__(self) -> None:
-        self.faulty_pts = self.faulty_dts = 0
-        self.last_pts = self.last_dts = None
-
-    def __call__(self, pts: int | None, dts: int | None) -> int | None:
-        if dts is not None:
-            self.faulty_dts += self.last_dts is not None and dts <= self.last_dts
-            self.last_dts = dts
-        if pts is not None:
-            self.faulty_pts += self.last_pts is not None and pts <= self.last_pts
-            self.last_pts = pts
-        if pts is not None and (self.faulty_pts <= self.faulty_dts or dts is None):
-            return pts
-        return dts
-
-
-# ------------------------------------------------------------------------------ geometry
-
-
-def _scaled_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """The original's resize target: shorter side ``size``, the other int(long * size / short)."""
-    if width > height:
-        return width * size // height, size
-    return size, height * size // width
-
-
-def _orientation(matrix: np.ndarray | None) -> tuple[int, tuple[str, ...]]:
-    """(rotation in degrees counter-clockwise, ffmpeg autorotate steps) of a display matrix."""
-    if matrix is None:
-        return 0, ()
-    m = matrix.astype(np.float64) / 65536.0
-    s0, s1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
-    if s0 == 0 or s1 == 0:
-        return 0, ()
-    rotation = -math.degrees(math.atan2(m[1] / s1, m[0] / s0))  # av_display_rotation_get
-    theta = -math.copysign(math.floor(abs(rotation) + 0.5), rotation)  # ffmpeg get_rotation
-    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
-    if abs(theta - 90) < 1:
-        steps = ("transpose",) if matrix[3] > 0 else ("clock",)
-    elif abs(theta - 180) < 1:
-        steps = ("hflip",) * bool(matrix[0] < 0) + ("vflip",) * bool(matrix[4] < 0)
-    elif abs(theta - 270) < 1:
-        steps = ("clock_flip",) if matrix[3] < 0 else ("cclock",)
-    elif abs(theta) > 1:
-        logger.warning("display rotation of %.1f degrees is not applied", rotation)
-        steps = ()
-    else:
-        steps = ("vflip",) * bool(matrix[4] < 0)
-    return round(rotation), steps
-
-
-_FILTERS = {  # autorotate step -> libavfilter filter, as ffmpeg inserts them
-    "transpose": ("transpose", "cclock_flip"),
-    "clock": ("transpose", "clock"),
-    "cclock": ("transpose", "cclock"),
-    "clock_flip": ("transpose", "clock_flip"),
-    "hflip": ("hflip", None),
-    "vflip": ("vflip", None),
-}
-_TRANSPOSING = frozenset({"transpose", "clock", "cclock", "clock_flip"})
-
-
-def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
-    for data in frame.side_data:
-        if data.type == SideDataType.DISPLAYMATRIX:
-            return np.frombuffer(bytes(data), dtype=np.int32)[:9].copy()
-    return None
-
-
-class _Preprocess:
-    """Decoded frame -> (S, S, 3) uint8 RGB through ffmpeg's own filters, as the original:
-    autorotate -> scale (bicubic, shorter side S) -> crop S × S -> rgb24.
-
-    libavfilter's scale (unlike PyAV's reformat) ignores the decoder's chroma location, as the
-    ffmpeg the original used did; the two differ by up to ~30 levels at colour edges.
-    """
-
-    def __init__(self, width: int, height: int, size: int, time_base: Fraction) -> None:
-        self.width, self.height, self.size, self.time_base = width, height, size, time_base
-        self.steps: tuple[str, ...] | None = None
-        self._key: tuple | None = None
-
-    def _build(self, frame: av.VideoFrame) -> None:
-        if self.steps is None:  # the stream's display matrix, carried by every frame
-            self.steps = _orientation(_display_matrix(frame))[1]
-        sized = self.width > 0 and self.height > 0
-        width, height = (self.width, self.height) if sized else (frame.width, frame.height)
-        if not _TRANSPOSING.isdisjoint(self.steps):
-            width, height = height, width
-        out_w, out_h = _scaled_size(width, height, self.size)
-        crop = f"{self.size}:{self.size}:{(out_w - self.size) // 2}:{(out_h - self.size) // 2}"
-        graph = Graph()
-        graph.threads = 1
-        tb = frame.time_base or self.time_base
-        src = graph.add_buffer(
-            width=frame.width, height=frame.height, format=frame.format, time_base=tb
-        )
-        chain = [src, *(graph.add(*_FILTERS[s]) for s in self.steps)]
-        chain.append(graph.add("scale", f"{out_w}:{out_h}:flags={INTERPOLATION}"))
-        chain += [graph.add("crop", crop), graph.add("format", "rgb24")]
-        chain.append(graph.add("buffersink"))
-        for a, b in itertools.pairwise(chain):
-            a.link_to(b)
-        graph.configure()
-        self._graph, self._src, self._sink = graph, src, chain[-1]
-        self._key = (frame.width, frame.height, frame.format.name)
-
-    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        if self._key != (frame.width, frame.height, frame.format.name):
-            self._build(frame)
-        self._src.push(frame)
-        return self._sink.pull().to_ndarray()
-
-
-# ------------------------------------------------------------------- opening and pass 1
-
-
-def _reason(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return " ".join(str(text).split())
-
-
-def _open(path: str) -> av.container.InputContainer:
-    if not os.path.exists(path):
-        raise VideoError(f"{path}: file not found")
-    if os.path.isdir(path):
-        raise VideoError(f"{path}: is a directory, not a video file")
-    if os.path.getsize(path) == 0:
-        raise VideoError(f"{path}: empty file (0 bytes)")
-    try:
-        return av.open(path, metadata_errors="ignore")
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise VideoError(f"{path}: cannot open as a video: {_reason(exc)}") from None
-
-
-def _choose_stream(container: av.container.InputContainer, path: str) -> av.VideoStream:
-    """The video stream ffmpeg picks by default (largest, default-flagged first); no cover art."""
-    videos = [s for s in container.streams if s.type == "video"]
-    real = [s for s in videos if not s.disposition & Disposition.attached_pic]
-    if not real:
-        kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
-        what = "only a cover picture" if videos else f"streams: {kinds}"
-        raise VideoError(f"{path}: no video stream ({what})")
-
-    def score(s: av.VideoStream) -> int:
-        cc, default = s.codec_context, bool(s.disposition & Disposition.default)
-        return (cc.width * cc.height if cc else 0) + DEFAULT_STREAM_BONUS * default
-
-    return max(real, key=score)
-
-
-class _Source:
-    """An open container and its chosen video stream (reopened when a seek goes wrong)."""
-
-    def __init__(self, path: str, threads: int) -> None:
-        self.path, self.threads = path, threads
-        self.container = _open(path)
-        try:
-            self.stream = _choose_stream(self.container, path)
-            if self.stream.codec_context is None:
-                raise VideoError(f"{path}: no decoder for its video codec")
-            if self.stream.time_base is None:
-                raise VideoError(f"{path}: video stream has no time base")
-        except VideoError:
-            self.container.close()
-            raise
-        self.index, self.time_base = self.stream.index, self.stream.time_base
-        cc = self.stream.codec_context
-        self.codec, self.width, self.height = cc.name, cc.width, cc.height
-        start, tb = self.container.start_time, self.time_base  # ffmpeg subtracts the start
-        self.origin = 0 if start is None else _tick(start * tb.denominator, 10**6 * tb.numerator)
-        self._configure()
-
-    def _configure(self) -> None:
-        for s in self.container.streams:
-            if s.index != self.index:
-                s.discard = Discard.all
-        self.stream.codec_context.thread_type = "AUTO"
-        self.stream.codec_context.thread_count = self.threads
-
-    def reopen(self) -> None:
-        self.container.close()
-        self.container = _open(self.path)
-        self.stream = self.container.streams[self.index]
-        self._configure()
-
-    def close(self) -> None:
-        if self.container is not None:
-            self.container.close()
-            self.container = None
-
-
-def _is_real(pkt: av.Packet) -> bool:
-    return pkt.size > 0 or pkt.pts is not None or pkt.dts is not None  # not PyAV's flush packet
-
-
-@dataclass
-class _Table:
-    """Pass 1: every packet of the video stream in decoding order, without decoding."""
-
-    pts: np.ndarray  # int64, _NOPTS when missing
-    dts: np.ndarray
-    dur: np.ndarray
-    key: np.ndarray  # bool
-    discard: np.ndarray  # bool: the decoder drops these frames (edit-list pre-roll)
-    matrix: np.ndarray | None  # display matrix of the first frame
-    error: str | None  # demuxing stopped early with this error
-
-
-def _scan(src: _Source) -> _Table:
-    cols = [array("q"), array("q"), array("q")]
-    key, discard, error = bytearray(), bytearray(), None
-    first = _FirstFrame(src.stream.codec_context)
-    try:
-        for pkt in src.container.demux(src.stream):
-            if not _is_real(pkt):
-                continue
-            for col, v in zip(cols, (pkt.pts, pkt.dts, pkt.duration), strict=True):
-                col.append(_NOPTS if v is None else v)
-            key.append(pkt.is_keyframe)
-            discard.append(pkt.is_discard)
-            if first.pending:
-                first.feed(pkt)
-    except (av.FFmpegError, OSError) as exc:
-        error = _reason(exc)
-    pts, dts, dur = (
-        np.frombuffer(c, dtype=np.int64) if len(c) else np.zeros(0, np.int64) for c in cols
-    )
-    flags = [np.frombuffer(bytes(b), dtype=np.bool_) for b in (key, discard)]
-    return _Table(pts, dts, dur, flags[0], flags[1], first.matrix, error)
-
-
-class _FirstFrame:
-    """Decodes the stream's first frame during pass 1, for its display matrix only."""
-
-    def __init__(self, cc: av.VideoCodecContext) -> None:
-        self.cc, self.pending, self.matrix, self.fed = cc, True, None, 0
-
-    def feed(self, pkt: av.Packet) -> None:
-        self.fed += 1
-        frames, drained = [], False
-        try:
-            frames = self.cc.decode(pkt)
-            if not frames and (pkt.is_keyframe or self.fed >= SEEK_MIN_PACKETS):
-                frames, drained = self.cc.decode(None), True
-        except av.FFmpegError as exc:
-            logger.debug("first frame not decodable (%s); rotation unknown", _reason(exc))
-            drained = True
-        if frames:
-            self.matrix = _display_matrix(frames[0])
-        if frames or drained:
-            self.pending = False
-            self.cc.flush_buffers()
-
-
-# ------------------------------------------------------------------------------ planning
-
-
-@dataclass
-class _Plan:
-    probe: VideoProbe
-    clip_pkt: list[int]  # packet index of each clip's frame
-    runs: list[tuple[int, int]] | None  # packet ranges to decode; None: decode sequentially
-    reason: str | None  # why decoding is sequential
-
-
-def _frame_duration(duration: int, gap: int, src: _Source) -> int:
-    """ffmpeg's estimate of the last frame's duration, in time base units."""
-    if duration > 0:
-        return duration
-    if gap > 0:
-        return gap
-    rate, tb = src.stream.average_rate or src.stream.guessed_rate, src.time_base
-    if rate:
-        one = _tick(tb.denominator * rate.denominator, tb.numerator * rate.numerator)
-        if one > 0:
-            return one
-    return 1
-
-
-def _scaled(rel: np.ndarray, k: int, b: int) -> np.ndarray:
-    """rel * k, as int64 when that cannot overflow in _tick, else as Python ints."""
-    if rel.size and int(np.abs(rel).max()) * k * 2 + 2 * b >= 2**62:
-        return rel.astype(object) * k
-    return rel * k
-
-
-def _plan(src: _Source, table: _Table, rate: Fraction, frame_at: str) -> _Plan:
-    frames = np.flatnonzero(~table.discard)
-    ts = np.where(table.pts[frames] != _NOPTS, table.pts[frames], table.dts[frames])
-    frames, ts = frames[ts != _NOPTS], ts[ts != _NOPTS]
-    if not len(frames):
-        stop = f" (demuxing stopped: {table.error})" if table.error else ""
-        raise VideoError(f"{src.path}: the video stream has no frames{stop}")
-    order = np.argsort(ts, kind="stable")
-    ts = ts[order]
-    gap = int(ts[-1] - ts[-2]) if len(ts) > 1 else 0
-    end = int(ts[-1]) + _frame_duration(int(table.dur[frames[order[-1]]]), gap, src)
-    tb = src.time_base
-    k, b = tb.numerator * rate.numerator, tb.denominator * rate.denominator
-    scaled = _scaled(ts - src.origin, k, b)
-    first_tick, end_tick = _tick(int(scaled[0]), b), _tick((end - src.origin) * k, b)
-    clip_pkt = frames[order[_assign(_tick(scaled, b, frame_at).tolist(), first_tick, end_tick)]]
-    rotation, steps = _orientation(table.matrix)
-    transposed = not _TRANSPOSING.isdisjoint(steps)
-    probe = VideoProbe(
-        path=src.path,
-        stream_index=src.index,
-        codec=src.codec,
-        fps=float(rate),
-        duration=float((end - int(ts[0])) * tb),
-        n_clips=len(clip_pkt),
-        start=float((int(ts[0]) - src.origin) * tb),
-        n_frames=len(frames),
-        width=src.height if transposed else src.width,
-        height=src.width if transposed else src.height,
-        rotation=rotation,
-    )
-    reason = _why_sequential(src, table, frames)
-    return _Plan(probe, clip_pkt.tolist(), None if reason else _runs(table, clip_pkt), reason)
-
-
-def _why_sequential(src: _Source, table: _Table, frames: np.ndarray) -> str | None:
-    """Why packet timestamps might not describe the decoded frames exactly (None: they do)."""
-    if src.codec not in FAST_PATH_CODECS:
-        return f"{src.codec} packets may not map one-to-one to frames"
-    if (table.pts == _NOPTS).any():
-        return "some packets have no timestamp"
-    if len(np.unique(table.pts)) != len(table.pts):
-        return "packets repeat timestamps"
-    if not table.key[0]:
-        return "the stream does not start with a keyframe"
-    if (table.pts[frames] < table.pts[0]).any():
-        return "frames precede the first keyframe"
-    return None
-
-
-def _runs(table: _Table, clip_pkt: np.ndarray) -> list[tuple[int, int]]:
-    """Packet ranges to decode: each needed frame's keyframe interval up to the frame.
-
-    A leading frame (shown before its interval's keyframe, open GOP) may reference the
-    previous interval, so its range starts one keyframe earlier. Touching ranges merge.
-    """
-    n = len(table.pts)
-    gop = np.maximum.accumulate(np.where(table.key, np.arange(n), 0))
-    spans = []
-    for p in sorted(set(clip_pkt.tolist())):
-        start = int(gop[p])
-        if table.pts[p] < table.pts[start] and start > 0:
-            start = int(gop[start - 1])
-        spans.append((start, p))
-    runs: list[list[int]] = []
-    for start, end in sorted(spans):
-        if runs and start <= runs[-1][1] + 1:
-            runs[-1][1] = max(runs[-1][1], end)
-        else:
-            runs.append([start, end])
-    return [(s, e) for s, e in runs]
 
 
 class _PacketReader:

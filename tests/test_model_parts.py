@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from model_fixtures import one_thread, tiny_config  # noqa: F401
+from model_fixtures import one_thread, perturbed, tiny_config  # noqa: F401
+from torch import nn
+
 from r2.train import fused
 from r2.train.attention import position_encoding
 from r2.train.block import R2Step, endpoint_features
@@ -15,7 +17,6 @@ from r2.train.fused import Dropout, keep_mask, reference_tef_norm_linear, tef_no
 from r2.train.heads import point_table, regression_ranges
 from r2.train.losses import info_nce, saliency_row_col
 from r2.train.targets import point_targets
-from torch import nn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,13 +45,28 @@ def test_tef_norm_linear_equals_plain_eval(dtype, with_tef):
     norm, linear = _maps(20 if with_tef else 18)
     drop = Dropout(0.5).eval()
     g = torch.randn(13, 5, 8)
-    y = tef_norm_linear(x, tef, norm, drop, linear, chunk_tokens=12)  # several chunks
+    y = tef_norm_linear(x, tef, norm, drop, linear)
     (y * g).sum().backward()
     ours = _grads(norm, linear)
     y_ref = reference_tef_norm_linear(x, tef, norm, drop, linear)
     (y_ref * g).sum().backward()
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(ours, _grads(norm, linear), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_map_tokens_chunked_equals_plain_sequential():
+    torch.manual_seed(0)
+    mlp = perturbed(R2Step(tiny_config()).video_map).eval()  # (16 + 2) -> 32
+    x, tef = torch.randn(9, 5, 16).half(), torch.rand(9, 2)
+    g = torch.randn(9, 5, 32)
+    y = fused.map_tokens(x, tef, mlp, chunk_tokens=12)  # 5 chunks of 2 frames
+    (y * g).sum().backward()
+    ours = _grads(mlp[0], mlp[2], mlp[4])
+    plain = mlp[:6](torch.cat((x.float(), tef[:, None].expand(-1, 5, -1)), dim=-1))
+    (plain * g).sum().backward()
+    torch.testing.assert_close(y, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(ours, _grads(mlp[0], mlp[2], mlp[4]), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -66,7 +82,12 @@ def test_tef_norm_linear_equals_plain_with_dropout(monkeypatch):
 
     monkeypatch.setattr(fused, "keep_mask", recorded_mask)
     g = torch.randn(11, 5, 8)
-    y = tef_norm_linear(x, tef, norm, Dropout(0.3).train(), linear, chunk_tokens=15)
+    y = torch.cat(
+        [
+            tef_norm_linear(x[i : i + 3], tef[i : i + 3], norm, Dropout(0.3).train(), linear)
+            for i in range(0, 11, 3)
+        ]
+    )
     (y * g).sum().backward()
     ours = _grads(norm, linear)
     keep = torch.cat(masks).view(11, 5, 20).bool()

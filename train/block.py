@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .attention import TemporalRefiner, position_encoding
 from .config import R2Config
-from .fused import Dropout, tef_norm_linear
+from .fused import Dropout, map_tokens
 
 
 def _mlp(in_dims: int, dims: int, dropout: float) -> nn.Sequential:
@@ -72,9 +72,7 @@ class R2Step(nn.Module):
     def map_video(self, frames: Tensor, tef: Tensor | None) -> Tensor:
         """`video_map` of (F, P, Dv) frame tokens (+ (F, 2) tef) WITHOUT its last Linear:
         returns u (F, P, C) float32 with video_map(x) = last(u) (see `pool`)."""
-        m = self.video_map
-        y = tef_norm_linear(frames, tef, m[0], m[1], m[2])  # the 770-wide part, chunked
-        return m[5](m[4](torch.relu(y)))
+        return map_tokens(frames, tef, self.video_map)  # chunk-wise, memory-lean
 
     def pool(
         self, u: Tensor, q: Tensor, query_mask: Tensor, mask_max: bool
