@@ -159,6 +159,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: dict)
     """
     p = Path(path)
     p = p if p.suffix == WEIGHTS_SUFFIX else p.with_name(p.name + WEIGHTS_SUFFIX)
+    p.parent.mkdir(parents=True, exist_ok=True)
     text = _json_dumps({**meta, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     atomic_write_bytes(p, st_save(_state_tensors(model), metadata={META_KEY: text}))
     atomic_write_bytes(p.with_suffix(".json"), (text + "\n").encode())

@@ -164,6 +164,9 @@ def _is_user_error(err: Exception) -> bool:
 def convert_command(
     src: Annotated[Path, typer.Argument(help="Original R2-Tuning checkpoint (.pth/.safetensors).")],
     dst: Annotated[Path, typer.Argument(help="Output .safetensors in r2's layout.")],
+    preset: Annotated[
+        str, typer.Option(help="Dataset the weights were trained on (post-processing).")
+    ] = "qvhighlights",
 ) -> None:
     """Import an official R2-Tuning checkpoint (original key layout) as r2 weights.
 
@@ -173,8 +176,8 @@ def convert_command(
     from r2.train.convert import convert_checkpoint
 
     try:
-        model = convert_checkpoint(src, dst)
-    except (ValueError, FileNotFoundError) as err:
+        model = convert_checkpoint(src, dst, preset=preset)
+    except (ValueError, KeyError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(1) from None
     n = sum(p.numel() for p in model.parameters())

@@ -8,12 +8,10 @@ arbitrary objects: safetensors, or `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -156,20 +154,38 @@ def load_official_state_dict(model: R2Model, sd: Mapping[str, Tensor]) -> None:
     model.load_state_dict(renamed, strict=True)
 
 
-def convert_checkpoint(src: str | Path, dst: str | Path, **overrides) -> R2Model:
-    """Convert an original checkpoint file to our layout, saved as safetensors at `dst`
-    (metadata "r2_config": the R2Config as JSON, "source": the source file name)."""
-    from safetensors.torch import save_file
+def official_cache_settings(fps: float, cfg: R2Config):
+    """The feature settings of the original release (openai/clip-vit-base-patch32, 224 px,
+    CLIP mean/std, one frame per clip at the clip's middle), for a converted checkpoint."""
+    from r2.cache import CacheSettings
+
+    return CacheSettings(
+        model_id="openai/clip-vit-base-patch32", revision=None, k=cfg.k, fps=fps,
+        frame_at="middle", image_size=224, mean=(0.48145466, 0.4578275, 0.40821073),
+        std=(0.26862954, 0.26130258, 0.27577711), dtype="fp32", tokens_per_frame=50,
+        video_dim=cfg.video_dim, text_dim=cfg.query_dim,
+    )  # fmt: skip
+
+
+def convert_checkpoint(
+    src: str | Path, dst: str | Path, preset: str = "qvhighlights", **overrides
+) -> R2Model:
+    """Convert an original checkpoint to an r2 checkpoint at `dst` (safetensors + JSON).
+
+    The metadata records the model config (read from the tensor shapes), the dataset
+    preset (post-processing at inference) and the original release's feature settings, so
+    `r2 predict` / `r2 eval --checkpoint` can use the converted weights directly.
+    """
+    from .checkpoint import build_meta, save_checkpoint
+    from .config import get_preset
 
     sd = read_state_dict(src)
     cfg = config_from_official(sd, **overrides)
     model = R2Model(cfg)
     load_official_state_dict(model, sd)
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(
-        tensors, str(dst), metadata={"r2_config": json.dumps(asdict(cfg)), "source": Path(src).name}
-    )
-    log.info("converted %s (%d tensors) -> %s", src, len(tensors), dst)
+    ds = get_preset(preset)
+    settings = official_cache_settings(ds.fps or 0.5, cfg)
+    meta = build_meta(cfg, ds, settings, converted_from=Path(src).name)
+    path = save_checkpoint(dst, model, meta)
+    log.info("converted %s (%d tensors) -> %s", src, len(model.state_dict()), path)
     return model
