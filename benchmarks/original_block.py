@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
 from r2.train.attention import position_encoding
 from r2.train.block import BlockOutput, R2Block
-from torch import Tensor
 
 
 def _mlp(seq, x: Tensor) -> Tensor:

@@ -25,6 +25,7 @@ import time
 from functools import partial
 
 import torch
+
 from r2.train import fused
 from r2.train.batch import Sample, collate
 from r2.train.config import R2Config

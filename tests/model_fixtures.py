@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from r2.train.batch import Sample, collate
 from r2.train.config import R2Config
 

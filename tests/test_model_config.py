@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from r2.train.config import PRESETS, R2Config, TrainPreset, get_preset
 
 

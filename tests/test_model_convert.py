@@ -6,6 +6,10 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from r2.cli import app
 from r2.train.convert import (
     config_from_official,
     load_official_state_dict,
@@ -13,10 +17,6 @@ from r2.train.convert import (
     rename_key,
 )
 from r2.train.model import R2Model
-from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
-
-from r2.cli import app
 
 
 @pytest.fixture(scope="module")

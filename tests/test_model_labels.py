@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
+
 from r2.train.batch import Sample, collate
 from r2.train.labels import (
     clean_windows,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from model_fixtures import batch_of, one_thread, perturbed, sample, tiny_config  # noqa: F401
+
 from r2.train.batch import collate
 from r2.train.model import R2Model
 

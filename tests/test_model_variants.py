@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from model_fixtures import K_FEATURES, batch_of, one_thread, perturbed, tiny_config  # noqa: F401
+
 from r2.train.config import get_preset
 from r2.train.model import R2Model
 

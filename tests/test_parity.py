@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import torch
 from model_fixtures import one_thread  # noqa: F401
+from safetensors.torch import load_file
+
 from r2.evaluate.postprocess import postprocess_windows
 from r2.train.batch import Sample, collate
 from r2.train.convert import load_official_state_dict, rename_key
 from r2.train.decode import windows
 from r2.train.labels import clean_windows, saliency_labels, sample_positive_clip
 from r2.train.model import R2Model
-from safetensors.torch import load_file
 
 LOSS_RTOL = 1e-5
 GRAD_NORM_RTOL = 1e-4

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from r2.evaluate.postprocess import upsample_saliency
 from torch import Tensor
+
+from r2.evaluate.postprocess import upsample_saliency
 
 from .batch import Batch
 from .config import R2Config
