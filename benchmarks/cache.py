@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from r2.cache import CacheSettings, CacheWriter, FeatureCache, QueryRecord, VideoRecord
 
 K, P, DV, DQ, T, L = 4, 50, 768, 512, 75, 16

@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import videogen
+
 from r2.extract.decode import decode_video, probe_video
 
 CLIP_FPS = 0.5  # clips per second (QVHighlights)

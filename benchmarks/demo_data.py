@@ -13,9 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from r2.evaluate import evaluate_records
-
 from r2.demo_data import baseline_predictions, best_fixed_window, load_jsonl, make_demo_dataset
+from r2.evaluate import evaluate_records
 
 SHOWN = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "MR-full-mIoU", "HL-min-VeryGood-mAP",
          "HL-min-VeryGood-Hit1")  # fmt: skip

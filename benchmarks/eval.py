@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from r2.evaluate import evaluate, evaluate_records
 from r2.evaluate.postprocess import postprocess_windows
 

@@ -15,6 +15,7 @@ Each reproduces the operation order of the original, so results are bit-identica
 from __future__ import annotations
 
 import numpy as np
+
 from r2.evaluate.iou import cross_iou
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+
 from r2.evaluate.iou import cross_iou, paired_iou
 from r2.evaluate.records import EvalInputError, GroundTruth, Prediction
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+
 from r2.evaluate.ap import ranked_ap
 from r2.evaluate.grounding import percent
 from r2.evaluate.records import EvalInputError, GroundTruth, Prediction

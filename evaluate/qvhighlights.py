@@ -31,6 +31,7 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
+
 from r2.evaluate.ap import clip_ap, detection_ap
 from r2.evaluate.grounding import (
     percent,

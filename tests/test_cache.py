@@ -17,6 +17,8 @@ import textwrap
 import h5py  # only to build foreign / tampered HDF5 files for the error tests
 import numpy as np
 import pytest
+
+import r2
 from r2.cache import (
     FORMAT_VERSION,
     CacheError,
@@ -28,8 +30,6 @@ from r2.cache import (
     VideoRecord,
     read_settings,
 )
-
-import r2
 
 SETTINGS = CacheSettings(
     model_id="openai/clip-vit-base-patch32", revision="3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268",

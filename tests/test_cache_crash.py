@@ -22,6 +22,7 @@ import zlib
 
 import numpy as np
 import pytest
+
 from r2.cache import (
     CacheMismatchError,
     CacheSettings,

@@ -15,9 +15,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import r2.extract.decode as dec
 import videogen as vg
 from av.filter import Graph
+
+import r2.extract.decode as dec
 from r2.extract.decode import (
     VideoError,
     as_rate,

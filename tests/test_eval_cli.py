@@ -4,8 +4,9 @@ import json
 
 import pytest
 import typer
-from r2.evaluate.cli import eval_command
 from typer.testing import CliRunner
+
+from r2.evaluate.cli import eval_command
 
 runner = CliRunner()
 

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from r2.evaluate import evaluate, evaluate_records
 from r2.evaluate.grounding import top_k_iou
 from r2.evaluate.iou import cross_iou, paired_iou

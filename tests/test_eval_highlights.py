@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from r2.evaluate import evaluate, evaluate_records
 from r2.evaluate.ap import ranked_ap
 from r2.evaluate.highlights import rank_clips, tvsum_ap

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from r2.evaluate import EvalInputError, evaluate, evaluate_records
 
 GT = [

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from r2.evaluate import evaluate, evaluate_records, official_layout
 from r2.evaluate.qvhighlights import MAP_THRESHOLDS
 

@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from r2.evaluate.postprocess import postprocess_windows, upsample_saliency
 from safetensors.numpy import load_file
+
+from r2.evaluate.postprocess import postprocess_windows, upsample_saliency
 
 f32 = np.float32
 
