@@ -30,6 +30,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/eval.py
 	$(BIN)/python benchmarks/extract.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/long_video.py model
+	$(BIN)/python benchmarks/long_video.py extract
 
 clean:
 	rm -rf $(VENV) demo_out

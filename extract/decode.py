@@ -46,6 +46,7 @@ from r2.extract.packets import (
     _Table,
 )
 from r2.extract.sampling import FRAME_AT, _BestEffort, _FpsCursor, _tick, as_rate, select_frames
+from r2.extract.spill import SPILL_BYTES, SpilledFrames, spill_frames
 
 __all__ = [
     "FRAME_AT",
@@ -67,7 +68,7 @@ logger = logging.getLogger(__name__)
 class DecodedVideo:
     """Preprocessed frames of one video, one per clip."""
 
-    frames: np.ndarray  # (T, S, S, 3) uint8 RGB
+    frames: np.ndarray | SpilledFrames  # (T, S, S, 3) uint8 RGB (on disk for long videos)
     duration: float
     n_clips: int
     partial: bool  # decoding stopped early (allow_partial): frames are the first n_clips clips
@@ -323,11 +324,17 @@ def decode_video(
     *,
     threads: int = 0,
     method: str = "auto",
+    spill_dir: str | os.PathLike | None = None,
+    spill_bytes: int = SPILL_BYTES,
 ) -> DecodedVideo:
     """Decode one preprocessed frame per clip into an array (see iter_clip_frames).
 
+    Args:
+        spill_dir: when given, the frames of a video over `spill_bytes` bytes are written to a
+            raw file there as they are decoded (memory stays flat in the video's length).
+
     Returns:
-        DecodedVideo with frames (T, S, S, 3) uint8 RGB.
+        DecodedVideo with frames (T, S, S, 3) uint8 RGB (an array or `SpilledFrames`).
 
     Raises:
         VideoError: as iter_clip_frames.
@@ -335,6 +342,9 @@ def decode_video(
     clips = iter_clip_frames(
         path, fps, image_size, frame_at, allow_partial, threads=threads, method=method
     )
+    if spill_dir is not None and clips.probe.n_clips * image_size**2 * 3 > spill_bytes:
+        spilled = spill_frames(clips, spill_dir, image_size)
+        return DecodedVideo(spilled, clips.duration, spilled.n, clips.partial, clips.path)
     frames = np.empty((clips.probe.n_clips, image_size, image_size, 3), np.uint8)
     n = 0
     for n, rgb in enumerate(clips, start=1):

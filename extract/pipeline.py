@@ -9,13 +9,16 @@ cache writer. torch is imported lazily (through `encode`), after the workers exi
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from r2.extract import spill
 from r2.extract.defaults import CPU_BATCH_FRAMES, GPU_BATCH_FRAMES, QUERY_CHUNK
 from r2.extract.inputs import VideoInput
 from r2.extract.workers import DecodeOptions, DecodeSource
@@ -107,6 +110,7 @@ def _encode_batch(encoder, queue: FrameQueue, n: int, writer, fps: float, stats:
         enc.done += b - a
         if enc.done == len(enc.features):
             _write(writer, enc, fps, stats)
+            spill.release(enc.video.frames)  # a long video's spill file
             enc.video.frames = enc.features = None  # free memory early
             finished += 1
     return finished
@@ -200,7 +204,9 @@ def run(summary, videos: list[VideoInput], queries: list, *, model: str, revisio
         towers = ("vision",) * bool(todo) + ("text",) * bool(new_queries)
         if not towers:
             return summary
-        opts = DecodeOptions(float(fps), s.image_size, frame_at, allow_partial)
+        spill_dir = _spill_dir(summary.cache)  # guarded by the cache's lock: ours alone
+        opts = DecodeOptions(float(fps), s.image_size, frame_at, allow_partial, str(spill_dir),
+                             spill.SPILL_BYTES)  # fmt: skip
         source = DecodeSource(todo, opts, workers)
         try:
             source.prime()  # decoding overlaps the model load and the queries
@@ -217,4 +223,14 @@ def run(summary, videos: list[VideoInput], queries: list, *, model: str, revisio
                 summary.videos_partial, summary.frames = stats.partial, stats.frames
         finally:
             source.close()
+            shutil.rmtree(spill_dir, ignore_errors=True)
     return summary
+
+
+def _spill_dir(cache: Path) -> Path:
+    """`<cache>.frames/` for long videos' decoded frames (next to the cache, not in a /tmp
+    that may be RAM); leftovers of a killed run are removed first."""
+    folder = Path(cache).with_name(Path(cache).name + ".frames")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder

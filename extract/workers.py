@@ -19,6 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from r2.extract.inputs import VideoInput
+from r2.extract.spill import SPILL_BYTES, release
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ class DecodeOptions:
     image_size: int  # square side S of the frames
     frame_at: str  # "middle" | "start"
     allow_partial: bool  # keep the decodable prefix of a damaged file
+    spill_dir: str | None = None  # long videos' frames go to raw files here (see spill.py)
+    spill_bytes: int = SPILL_BYTES  # ... when their decoded frames exceed this many bytes
 
 
 def decode_job(path: str, opts: DecodeOptions):
@@ -41,10 +44,12 @@ def decode_job(path: str, opts: DecodeOptions):
     from r2.extract.decode import VideoError, decode_video
 
     try:
-        video = decode_video(path, opts.fps, opts.image_size, opts.frame_at, opts.allow_partial)
+        video = decode_video(path, opts.fps, opts.image_size, opts.frame_at, opts.allow_partial,
+                             spill_dir=opts.spill_dir, spill_bytes=opts.spill_bytes)  # fmt: skip
     except VideoError as err:
         return None, str(err).splitlines()[0] if str(err) else type(err).__name__
     if len(video.frames) == 0:
+        release(video.frames)
         return None, f"{path}: no frames could be decoded"
     return video, None
 

@@ -9,9 +9,12 @@
         print(result.moments[:3])                            # [Moment(start, end, score), ...]
         print(result.saliency)                               # one score in [0, 1] per clip
 
-Memory: frames are decoded and encoded in chunks of `FRAMES_PER_CHUNK`, so only the
-features (T, K, P, Dv) float16 grow with the video's length, and the model's per-frame
-stages run in chunks too; there is no maximum length.
+Memory: frames are decoded and CLIP-encoded `FRAMES_PER_CHUNK` at a time into one
+preallocated (T, K, P, Dv) float16 array, and without autograd the model maps and pools
+frames in chunks and attends in chunks of rows (r2.train.block / r2.train.attention), so
+only the features and the model's per-clip states (about 16 KB per clip at hidden size
+256, against 300 KB of ViT-B/32 features) grow with the video's length; there is no
+maximum length. `benchmarks/long_video.py` measures it on 15-minute to 2-hour videos.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from r2.evaluate.postprocess import postprocess_windows
-from r2.extract.decode import iter_clip_frames, probe_video
+from r2.extract.decode import VideoError, iter_clip_frames
 from r2.extract.encode import ClipEncoder
 from r2.train.batch import Sample, collate
 from r2.train.checkpoint import load_checkpoint
@@ -117,17 +121,28 @@ class R2Predictor:
 
     def encode_video(self, path: str | Path) -> VideoFeatures:
         """Decode and CLIP-encode a video in chunks (memory bounded by the features)."""
-        probe = probe_video(path, self.fps)
-        chunks, buffer = [], []
-        for frame in iter_clip_frames(path, self.fps, self.image_size, frame_at=self.frame_at):
-            buffer.append(frame)
-            if len(buffer) == FRAMES_PER_CHUNK:
-                chunks.append(self.encoder.encode_frames(np.stack(buffer)))
-                buffer = []
-        if buffer:
-            chunks.append(self.encoder.encode_frames(np.stack(buffer)))
-        features = np.concatenate(chunks)  # (T, K, P, Dv)
-        return VideoFeatures(str(path), features, float(probe.duration), self.fps)
+        clips = iter_clip_frames(path, self.fps, self.image_size, frame_at=self.frame_at)
+        s = self.encoder.settings
+        shape = (clips.probe.n_clips, s.k, s.tokens_per_frame, s.video_dim)
+        features = np.empty(shape, np.float16)  # filled in place: never held twice
+        buffer = np.empty((FRAMES_PER_CHUNK, self.image_size, self.image_size, 3), np.uint8)
+        n = filled = 0
+        bar = tqdm(total=shape[0], unit="clip", desc=Path(path).name, disable=None, leave=False)
+        with bar:
+            for frame in clips:
+                buffer[n] = frame
+                n += 1
+                if n == FRAMES_PER_CHUNK:
+                    features = _put(features, filled, self.encoder.encode_frames(buffer))
+                    filled, n = filled + n, 0
+                    bar.update(FRAMES_PER_CHUNK)
+            if n:
+                features = _put(features, filled, self.encoder.encode_frames(buffer[:n]))
+                filled += n
+        if filled == 0:
+            raise VideoError(f"{path}: no frames could be decoded")
+        features = features[:filled]  # (T, K, P, Dv) float16
+        return VideoFeatures(str(path), features, float(clips.duration), self.fps)
 
     @torch.inference_mode()
     def predict(
@@ -174,6 +189,16 @@ class R2Predictor:
         moments = [Moment(float(s), float(e), float(c)) for s, e, c in windows if c > 0]
         saliency = np.clip(np.asarray(raw.saliency, dtype=np.float64), 0.0, 1.0)
         return Prediction(query, duration, video.fps, moments[:top] if top else moments, saliency)
+
+
+def _put(features: np.ndarray, at: int, part: np.ndarray) -> np.ndarray:
+    """Write `part` at row `at`, growing `features` if decoding found more clips than probed."""
+    if at + len(part) > len(features):
+        grown = np.empty((max(2 * len(features), at + len(part)), *features.shape[1:]), np.float16)
+        grown[:at] = features[:at]
+        features = grown
+    features[at : at + len(part)] = part
+    return features
 
 
 def _resolve_device(device: str) -> str:

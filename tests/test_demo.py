@@ -4,9 +4,9 @@ Runs r2.demo.run_demo on 40 procedural videos with a tiny random CLIP (the pretr
 made unavailable on purpose), then checks on the HELD-OUT videos that the trained model beats
 the trivial baselines by a stated margin:
   - moment retrieval, MR-full-mAP: at least +15 points over the best single fixed window
-    (measured here: about 32-38 for the model vs 5.6 for the baseline);
+    (seed 0: 36.3 vs 5.6; seeds 0-7: margins 15.7-38.7, median 28);
   - highlight detection, HL-min-VeryGood-mAP: at least +5 points over random saliency
-    (measured: about 34-36 vs 21).
+    (seed 0: 31.6 vs 21.2; seeds 0-7: margins 9.0-21.1, median 14).
 """
 
 import json

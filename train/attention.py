@@ -16,6 +16,9 @@ from torch import Tensor, nn
 PE_TEMPERATURE = 10000
 PE_SCALE = 2 * math.pi
 PE_EPS = 1e-6
+INFER_MAX_SCORES = 1 << 22
+"""Attention scores (B·heads × rows × keys, float32: 16 MB) formed at once without autograd;
+longer inputs attend chunk by chunk of query rows, so a 2-hour video never holds T × T."""
 
 
 def position_encoding(mask: Tensor, dims: int, padding_invariant: bool = False) -> Tensor:
@@ -78,10 +81,19 @@ class MultiHeadAttention(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
         b, n, c = q.shape
         qh, kh, vh = self._split(self.q(q)), self._split(self.k(k)), self._split(self.v(v))
-        att = torch.bmm(qh, kh.transpose(1, 2)) / (c // self.heads) ** 0.5  # (B·h, N, Lk)
         bias = torch.where(key_mask, 0.0, float("-inf")).repeat_interleave(self.heads, dim=0)
-        att = (att + bias.unsqueeze(1)).softmax(-1)
-        m = torch.bmm(att, vh)  # (B·h, N, C/h)
+        kt, bias, scale = kh.transpose(1, 2), bias.unsqueeze(1), (c // self.heads) ** 0.5
+        rows = n
+        if not torch.is_grad_enabled():  # bound the (B·h, rows, Lk) scores of long inputs
+            rows = max(1, INFER_MAX_SCORES // (qh.size(0) * kh.size(1)))
+        m = qh.new_empty(qh.shape) if rows < n else None  # (B·h, N, C/h)
+        for r in range(0, n, rows):
+            att = torch.bmm(qh[:, r : r + rows], kt) / scale  # (B·h, rows, Lk)
+            part = torch.bmm((att + bias).softmax(-1), vh)  # (B·h, rows, C/h)
+            if m is None:
+                m = part
+            else:
+                m[:, r : r + rows] = part
         m = m.view(b, self.heads, n, c // self.heads).transpose(1, 2).reshape(b, n, c)
         return self.out(m)
 

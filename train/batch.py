@@ -78,7 +78,10 @@ class Batch:
 
 
 def _pad_stack(tensors: Sequence[Tensor], value: float) -> Tensor:
-    """Stack tensors of equal trailing shape, padding dim 0 at the end with `value`."""
+    """Stack tensors of equal trailing shape, padding dim 0 at the end with `value`.
+    A single tensor is returned as a view (a long video's features are never copied)."""
+    if len(tensors) == 1:
+        return tensors[0].unsqueeze(0)
     n = max(t.size(0) for t in tensors)
     out = tensors[0].new_full((len(tensors), n, *tensors[0].shape[1:]), value)
     for i, t in enumerate(tensors):

@@ -20,6 +20,10 @@ from .attention import TemporalRefiner, position_encoding
 from .config import R2Config
 from .fused import Dropout, map_tokens
 
+INFER_CHUNK_TOKENS = 32768
+"""Video tokens (B·frames·P) mapped and pooled together when no gradient is recorded:
+the (tokens, C) float32 intermediates stay near 32 MB whatever the video's length."""
+
 
 def _mlp(in_dims: int, dims: int, dropout: float) -> nn.Sequential:
     """LayerNorm → Dropout → Linear → ReLU → LayerNorm → Dropout → Linear (the original's
@@ -143,10 +147,12 @@ class R2Block(nn.Module):
         return order[::-1] if self.cfg.direction == "reversed" else order
 
     def _inputs(self, video: Tensor, query: Tensor, i: int) -> tuple[Tensor, Tensor]:
-        """Layer i's (B, T, P, Dv) video tokens (stored dtype) and (B, L, Dq) float query."""
+        """Layer i's (B, T, P, Dv) video tokens (stored dtype, a view) and (B, L, Dq) float
+        query; for mean fusion the (B, T, K, P, Dv) view of all K layers (averaged per chunk
+        in `_map_pool`) and the mean query."""
         first = video.size(2) - self.cfg.k  # feature index of the K-th layer from the end
         if self.cfg.fusion == "mean":
-            return (video[:, :, first:].float().mean(2), query[:, :, first:].float().mean(2))
+            return video[:, :, first:], query[:, :, first:].float().mean(2)
         return video[:, :, first + i], query[:, :, first + i].float()
 
     def forward(
@@ -159,17 +165,14 @@ class R2Block(nn.Module):
                 f"the features hold {video.size(2)} video / {query.size(2)} query "
                 f"layers but the model uses k={cfg.k}"
             )
-        b, t = video_mask.shape
         inv = cfg.padding_invariant
-        tef = endpoint_features(video_mask, inv).reshape(b * t, 2) if cfg.use_tef else None
+        tef = endpoint_features(video_mask, inv) if cfg.use_tef else None  # (B, T, 2)
         pe = position_encoding(video_mask, cfg.dims, inv)  # (B, T, C), same every step
         h, step_cls, step_query = None, [], []
         for j, i in enumerate(self._layer_order()):
             step = self.steps[i if len(self.steps) > 1 else 0]
-            frames, q_in = self._inputs(video, query, i)
-            u = step.map_video(frames.flatten(0, 1), tef).view(b, t, -1, cfg.dims)
-            q = step.query_map(q_in)  # (B, L, C)
-            v_cls, o = step.pool(u, q, query_mask, inv)
+            frames, q_in = self._inputs(video, query, i)  # (B, T, P, Dv), (B, L, Dq)
+            v_cls, o, q = self._map_pool(step, frames, tef, q_in, query_mask)
             step_cls.append(v_cls)
             step_query.append(q)
             e = v_cls + o * self.scale[i].tanh()
@@ -178,3 +181,33 @@ class R2Block(nn.Module):
                 e = g * e + (1 - g) * h
             h = step.temporal(e, q, pe, video_mask, query_mask)
         return BlockOutput(hidden=h, query=q, step_cls=step_cls, step_query=step_query)
+
+    def _map_pool(
+        self, step: R2Step, frames: Tensor, tef: Tensor | None, q_in: Tensor, query_mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """`video_map` of frames (B, T, [K,] P, Dv), `query_map` of q_in (B, L, Dq), then the
+        query-modulated pooling: v_cls (B, T, C), o (B, T, C) and the mapped query (B, L, C).
+
+        Mapping and pooling are per frame, so without autograd they run chunk by chunk of
+        frames and the (B, T, P, C) mapped tokens never exist at once: memory stays flat in
+        T beyond the features. With autograd the whole batch goes at once (backward needs it
+        anyway). The video is mapped before the query either way (the original's order of
+        dropout draws).
+        """
+        b, t, p = frames.shape[0], frames.shape[1], frames.shape[-2]
+        n = t if torch.is_grad_enabled() else max(1, INFER_CHUNK_TOKENS // (b * p))
+        q = v_cls = o = None  # v_cls, o: (B, T, C), filled chunk by chunk (no parts + cat)
+        for s in range(0, t, n):
+            x = frames[:, s : s + n]  # (B, n, P, Dv), or (B, n, K, P, Dv) for mean fusion
+            x = x.float().mean(2) if x.dim() == 5 else x
+            e = None if tef is None else tef[:, s : s + n].reshape(-1, 2)
+            u = step.map_video(x.flatten(0, 1), e).view(b, x.size(1), p, -1)  # (B, n, P, C)
+            q = step.query_map(q_in) if q is None else q  # (B, L, C)
+            part_cls, part_o = step.pool(u, q, query_mask, self.cfg.padding_invariant)
+            if n >= t:
+                return part_cls, part_o, q
+            if v_cls is None:
+                v_cls = part_cls.new_empty(b, t, part_cls.size(-1))
+                o = part_o.new_empty(b, t, part_o.size(-1))
+            v_cls[:, s : s + n], o[:, s : s + n] = part_cls, part_o
+        return v_cls, o, q

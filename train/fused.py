@@ -157,13 +157,22 @@ def map_tokens(
     """`mlp[:6]` (LayerNorm → Dropout → Linear → ReLU → LayerNorm → Dropout, the original
     `video_map` without its last Linear) of frames (F, P, D) [+ tef (F, 2)], chunk by
     chunk of `chunk_tokens` tokens. Returns (F, P, C) float32."""
-    step = max(1, (chunk_tokens or CHUNK_TOKENS) // max(1, frames.size(1)))
-    parts = []
-    for f0 in range(0, frames.size(0), step):
+    n, step = frames.size(0), max(1, (chunk_tokens or CHUNK_TOKENS) // max(1, frames.size(1)))
+
+    def chunk(f0: int) -> Tensor:  # (step, P, C)
         t = None if tef is None else tef[f0 : f0 + step]
         y = tef_norm_linear(frames[f0 : f0 + step], t, mlp[0], mlp[1], mlp[2])
-        parts.append(mlp[5](mlp[4](torch.relu(y))))
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
+        return mlp[5](mlp[4](torch.relu(y)))
+
+    if torch.is_grad_enabled() or step >= n:
+        parts = [chunk(f0) for f0 in range(0, n, step)]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+    out = None  # without autograd: written in place (no list of parts + cat, less heap churn)
+    for f0 in range(0, n, step):
+        y = chunk(f0)
+        out = y.new_empty(n, *y.shape[1:]) if out is None else out
+        out[f0 : f0 + step] = y
+    return out
 
 
 def reference_tef_norm_linear(

@@ -1,0 +1,87 @@
+"""The Python API: one checkpoint, one video encoded once, many queries; the same numbers
+as the extract → cache → eval path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from videogen import write_video
+
+from r2 import api
+from r2.api import R2Predictor
+from r2.cache import FeatureCache
+from r2.evaluate.inference import predict_split
+from r2.extract import extract
+from r2.extract.tiny_clip import make_tiny_clip
+from r2.train.checkpoint import build_meta, save_checkpoint
+from r2.train.config import QVHIGHLIGHTS
+from r2.train.model import R2Model
+
+N_CLIPS = 23  # 46 s at 0.5 clip/s: not a multiple of the chunk sizes below
+QUERIES = ["a man opens the fridge", "the dog runs on the beach at night"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny CLIP, a video extracted into a cache, and a random tiny checkpoint."""
+    root = tmp_path_factory.mktemp("api")
+    clip = str(make_tiny_clip(root / "clip"))
+    video = write_video(root / "vid1.mp4", N_CLIPS * 2 * 10, fps=10, size=(80, 60),
+                        keyint=10, content="texture")  # fmt: skip
+    rows = [{"qid": i, "query": q, "vid": "vid1", "duration": N_CLIPS * 2.0,
+             "relevant_windows": [[4, 10]]} for i, q in enumerate(QUERIES)]  # fmt: skip
+    anno = root / "val.jsonl"
+    anno.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache = root / "cache.h5"
+    extract([video], cache, [anno], model=clip, workers=0)
+    with FeatureCache(cache) as c:
+        settings = c.settings
+    torch.manual_seed(0)
+    cfg = QVHIGHLIGHTS.model_config(video_dim=settings.video_dim, query_dim=settings.text_dim,
+                                    k=settings.k, dims=32, heads=4)  # fmt: skip
+    model = R2Model(cfg).eval()
+    with torch.no_grad():  # live gates and scales, as after training
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    ckpt = save_checkpoint(root / "run" / "best", model, build_meta(cfg, QVHIGHLIGHTS, settings))
+    return {"video": video, "cache": cache, "anno": anno, "ckpt": ckpt, "model": model}
+
+
+def test_encode_video_equals_the_cached_features_in_chunks(setup, monkeypatch):
+    monkeypatch.setattr(api, "FRAMES_PER_CHUNK", 5)  # 23 clips: 4 full chunks + 3
+    predictor = R2Predictor.from_pretrained(setup["ckpt"], device="cpu")
+    video = predictor.encode_video(setup["video"])
+    with FeatureCache(setup["cache"]) as c:
+        cached, record = c.video("vid1"), c.video_record("vid1")
+    assert video.features.shape == cached.shape == (N_CLIPS, *cached.shape[1:])
+    assert video.features.dtype == np.float16
+    np.testing.assert_array_equal(video.features, cached)  # same frames, same CLIP forward
+    assert video.duration == pytest.approx(record.duration)
+
+
+def test_predict_matches_eval_on_the_cache_and_reuses_the_encoding(setup, monkeypatch):
+    predictor = R2Predictor.from_pretrained(setup["ckpt"], device="cpu")
+    with FeatureCache(setup["cache"]) as c:
+        video = api.VideoFeatures(str(setup["video"]), c.video("vid1"),
+                                  c.video_record("vid1").duration, 0.5)  # fmt: skip
+    calls = []
+    monkeypatch.setattr(predictor, "encode_video", lambda *a: calls.append(a))
+    rows = predict_split(setup["model"], setup["cache"], setup["anno"], "qvhighlights")
+    for query, row in zip(QUERIES, rows, strict=True):
+        pred = predictor.predict(video, query)
+        assert calls == []  # features reused, the video is not decoded again
+        got = np.array([[m.start, m.end, m.score] for m in pred.moments])
+        want = np.array([w for w in row["pred_relevant_windows"] if w[2] > 0])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        raw = np.asarray(row["pred_saliency_scores"])
+        np.testing.assert_allclose(pred.saliency, np.clip(raw, 0, 1), atol=1e-6)
+        assert pred.saliency.shape == (N_CLIPS,)
+        assert pred.saliency.min() >= 0 and pred.saliency.max() <= 1
+        scores = [m.score for m in pred.moments]
+        assert scores == sorted(scores, reverse=True)
+        assert all(0 <= m.start < m.end <= pred.duration for m in pred.moments)
+    top = predictor.predict(video, QUERIES[0], top=2)
+    assert len(top.moments) == 2
