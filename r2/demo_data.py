@@ -18,14 +18,13 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from tqdm import tqdm
+
+from r2.demo_render import COLOURS, DIRECTIONS, SHAPES, Event, VideoPlan, write_video
 
 logger = logging.getLogger(__name__)
 
@@ -38,38 +37,12 @@ DURATION_RANGE_S = (20, 40)  # inclusive, even seconds
 EVENT_CLIPS_RANGE = (2, 8)  # event length in 2-s clips (4-16 s), inclusive
 OBJECTS_PER_VIDEO_P = (0.15, 0.45, 0.40)  # probability of 1, 2, 3 shapes (queries) per video
 REPEAT_P = 0.2  # probability that a shape has a second window (a query with two windows)
-SHAPE_RADIUS = 0.4  # circumradius of a shape at scale 1, as a fraction of the frame height
-MOVE_TRAVEL = 0.25  # a moving shape starts/ends this far (fraction of height) from its centre
-GROW_SCALE = (0.7, 1.15)  # scale of a growing shape at its window's start / end
 BACKGROUND_GREY = (95.0, 145.0)  # range of a video's mean background grey level
 BACKGROUND_TINT = 6.0  # max per-channel offset of a video's background from grey
-TEXTURE_STD = (6.0, 2.0, 3.0)  # background texture: blocky grey, blocky tint, fine grain
-NOISE_STD = 1.0  # per-frame sensor noise (grey levels)
-NOISE_BANK = 16  # noise images drawn once per video; each frame adds a random one
-CRF = "23"  # x264 quality (lower is better)
-# x264's MB-tree rate control made the output depend on leftover heap contents (measured:
-# the same frames gave a different file in most runs); without it the output is bit-exact.
-X264_PARAMS = "mbtree=0"
 MANIFEST = "demo_dataset.json"
 BASELINE_GRID = 100  # the fixed-window baseline searches a 1/100 grid of the duration
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (225, 30, 30),
-    "green": (30, 190, 45),
-    "blue": (40, 70, 235),
-    "yellow": (245, 225, 35),
-    "purple": (150, 45, 200),
-    "cyan": (40, 215, 225),
-}
-SHAPES = ("circle", "square", "triangle", "star")
-SIDES = {"triangle": 3, "square": 4}  # regular polygons; circle and star are special-cased
 ACTIONS = ("appear", "move", "grow", "spin")
-DIRECTIONS = {  # name: (unit vector in image coords (x right, y down), "to" phrase, "-wards")
-    "left": ((-1.0, 0.0), "to the left", "leftwards"),
-    "right": ((1.0, 0.0), "to the right", "rightwards"),
-    "up": ((0.0, -1.0), "up", "upwards"),
-    "down": ((0.0, 1.0), "down", "downwards"),
-}
 TEMPLATES = {  # query wordings per action; {c} colour, {s} shape, {to}/{ward} direction
     "appear": ("a {c} {s} appears", "when does a {c} {s} show up?", "the {c} {s} becomes visible",
                "a {c} {s} is shown on the screen", "there is a {c} {s} on a noisy background",
@@ -104,28 +77,6 @@ class DemoDataset:
     test: Path
     n_videos: int
     seed: int
-
-
-@dataclass(frozen=True)
-class _Event:
-    colour: str
-    shape: str
-    action: str
-    direction: str  # a DIRECTIONS key for "move", else ""
-    windows: tuple[tuple[int, int], ...]  # seconds, sorted, multiples of CLIP_SECONDS
-    centre: tuple[float, float]  # (x, y) as fractions of (width, height)
-    angle: float  # orientation at the window's start (radians)
-    turns: float  # revolutions per window for "spin"
-    query: str
-
-
-@dataclass(frozen=True)
-class _VideoPlan:
-    vid: str
-    duration: int  # seconds
-    background: tuple[float, float, float]  # base RGB
-    texture_seed: int
-    events: tuple[_Event, ...]
 
 
 def make_demo_dataset(
@@ -178,7 +129,7 @@ def make_demo_dataset(
     (root / MANIFEST).unlink(missing_ok=True)  # the manifest marks a complete dataset
     _remove_stale_videos(ds.videos, {p.vid for p in plans})
     for plan in tqdm(plans, desc="demo videos", unit="video", disable=None):
-        _write_video(plan, ds.videos / f"{plan.vid}.mp4", fps, size)
+        write_video(plan, ds.videos / f"{plan.vid}.mp4", fps, size)
     splits = _split_rows(plans, seed, val_fraction, test_fraction)
     for path, rows in zip((ds.train, ds.val, ds.test), splits, strict=True):
         _write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
@@ -280,7 +231,7 @@ def _check_args(n_videos, val_fraction, test_fraction, fps, size) -> None:
         raise ValueError("make_demo_dataset: invalid arguments: " + "; ".join(problems))
 
 
-def _plan_video(seed: int, index: int) -> _VideoPlan:
+def _plan_video(seed: int, index: int) -> VideoPlan:
     """Everything about video `index`, from a generator seeded by (seed, index) only."""
     rng = np.random.default_rng([seed, index])
     lo, hi = DURATION_RANGE_S
@@ -299,7 +250,7 @@ def _plan_video(seed: int, index: int) -> _VideoPlan:
             events.append(_plan_event(rng, str(colours[i]), str(shapes[i]), windows))
     grey = rng.uniform(*BACKGROUND_GREY)
     tint = rng.uniform(-BACKGROUND_TINT, BACKGROUND_TINT, size=3)
-    return _VideoPlan(
+    return VideoPlan(
         vid=f"demo_{index:04d}",
         duration=duration,
         background=tuple(float(v) for v in grey + tint),
@@ -329,7 +280,7 @@ def _layout_windows(rng: np.random.Generator, n_clips: int, n_windows: int) -> l
     return windows
 
 
-def _plan_event(rng: np.random.Generator, colour: str, shape: str, windows) -> _Event:
+def _plan_event(rng: np.random.Generator, colour: str, shape: str, windows) -> Event:
     actions = [a for a in ACTIONS if not (a == "spin" and shape == "circle")]
     action = str(rng.choice(actions))
     direction = str(rng.choice(list(DIRECTIONS))) if action == "move" else ""
@@ -338,7 +289,7 @@ def _plan_event(rng: np.random.Generator, colour: str, shape: str, windows) -> _
     query = str(rng.choice(TEMPLATES[action])).format(c=colour, s=shape, to=to, ward=ward)
     if rng.random() < 0.5:
         query = query[0].upper() + query[1:] + ("" if query.endswith("?") else ".")
-    return _Event(
+    return Event(
         colour=colour, shape=shape, action=action, direction=direction,
         windows=tuple(windows), centre=centre, angle=float(rng.uniform(0, 2 * math.pi)),
         turns=float(rng.uniform(0.5, 1.5)), query=query,
@@ -382,118 +333,6 @@ def _ground_truth(windows, rng: np.random.Generator) -> dict:
     }
 
 
-# ---------------------------------------------------------------- rendering and writing
-
-
-def _render_frames(plan: _VideoPlan, fps: float, size: tuple[int, int]) -> Iterator[np.ndarray]:
-    """The RGB frames (H, W, 3) uint8 of one video, frame j shown at time j / fps."""
-    width, height = size
-    rng = np.random.default_rng(plan.texture_seed)
-    coarse = rng.normal(0.0, 1.0, size=(height // 8 + 2, width // 8 + 2, 4))
-    coarse = coarse[..., :1] * TEXTURE_STD[0] + coarse[..., 1:] * TEXTURE_STD[1]  # grey + tint
-    texture = np.kron(coarse, np.ones((8, 8, 1)))[:height, :width]  # blocky low frequencies
-    texture += rng.normal(0.0, TEXTURE_STD[2], size=(height, width, 1))
-    background = (np.asarray(plan.background) + _smooth(texture)).astype(np.float32)  # (H, W, 3)
-    noise = NOISE_STD * rng.standard_normal((NOISE_BANK, height, width, 1), dtype=np.float32)
-    for j in range(round(plan.duration * fps)):
-        t = j / fps
-        frame = background + noise[rng.integers(NOISE_BANK)]  # (H, W, 3) float32
-        for event in plan.events:
-            for start, end in event.windows:
-                if start <= t < end:
-                    box, mask = _event_mask(event, (t - start) / (end - start), size)
-                    frame[box][mask] = COLOURS[event.colour]
-        yield np.clip(frame, 0, 255).astype(np.uint8)
-
-
-def _smooth(img: np.ndarray) -> np.ndarray:
-    """3x3 box blur (edges wrap), to soften the blocky texture."""
-    out = np.zeros_like(img)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            out += np.roll(img, (dy, dx), axis=(0, 1))
-    return out / 9.0
-
-
-def _event_mask(event: _Event, u: float, size: tuple[int, int]) -> tuple[tuple, np.ndarray]:
-    """(box, mask): the shape's pixels at progress u in [0, 1) of its window, within `box`.
-
-    `box` is a (rows, cols) slice pair of the frame around the shape, `mask` a boolean array
-    of the box's shape (computing only there keeps rendering cheap).
-    """
-    width, height = size
-    cx, cy = event.centre[0] * width, event.centre[1] * height
-    radius, angle = SHAPE_RADIUS * height, event.angle
-    if event.action == "move":
-        (dx, dy), travel = DIRECTIONS[event.direction][0], MOVE_TRAVEL * height
-        cx, cy = cx + dx * travel * (2 * u - 1), cy + dy * travel * (2 * u - 1)
-    elif event.action == "grow":
-        radius *= GROW_SCALE[0] + (GROW_SCALE[1] - GROW_SCALE[0]) * u
-    elif event.action == "spin":
-        angle += 2 * math.pi * event.turns * u
-    x0, x1 = max(0, int(cx - radius) - 1), min(width, int(cx + radius) + 2)
-    y0, y1 = max(0, int(cy - radius) - 1), min(height, int(cy + radius) + 2)
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    return (slice(y0, y1), slice(x0, x1)), _shape_mask(event.shape, xx - cx, yy - cy, radius, angle)
-
-
-def _shape_mask(shape: str, x, y, radius: float, angle: float) -> np.ndarray:
-    """Boolean mask of a shape of circumradius `radius` centred at x = y = 0."""
-    if shape == "circle":
-        return x * x + y * y <= (0.85 * radius) ** 2  # same area scale as the polygons
-    if shape == "star":  # 5 points; fold the angle into one half-spike, test one edge
-        rho = np.hypot(x, y)
-        half = math.pi / 5
-        phi = np.abs(np.mod(np.arctan2(y, x) - angle, 2 * half) - half)  # 0 at an inner vertex
-        inner = 0.45 * radius
-        a = np.array([inner, 0.0])  # inner vertex, rotated to angle 0
-        b = np.array([radius * math.cos(half), radius * math.sin(half)])  # outer vertex
-        px, py = rho * np.cos(phi), rho * np.sin(phi)
-        cross = (b[0] - a[0]) * (py - a[1]) - (b[1] - a[1]) * (px - a[0])
-        return (cross >= 0) | (rho <= inner)
-    sides = SIDES[shape]
-    apothem = radius * math.cos(math.pi / sides)
-    inside = np.ones(x.shape, dtype=bool)
-    for k in range(sides):  # edge normals lie between consecutive vertices
-        theta = angle + (2 * k + 1) * math.pi / sides
-        inside &= x * math.cos(theta) + y * math.sin(theta) <= apothem
-    return inside
-
-
-def _write_video(plan: _VideoPlan, path: Path, fps: float, size: tuple[int, int]) -> None:
-    """Encode the plan as H.264 mp4, bit-exact for a seed (single thread, no MB-tree); atomic."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with av.open(str(tmp), "w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height = size
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": CRF, "preset": "veryfast", "x264-params": X264_PARAMS}
-            stream.codec_context.thread_count = 1
-            for rgb in _render_frames(plan, fps, size):
-                frame = av.VideoFrame.from_ndarray(_rgb_to_yuv420p(rgb), format="yuv420p")
-                container.mux(stream.encode(frame))
-            container.mux(stream.encode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H * 3 / 2, W) uint8 planar YUV 4:2:0, BT.601 limited range.
-
-    Integer arithmetic, so bit-exact on every machine and independent of swscale.
-    """
-    w = rgb.shape[1]
-    r, g, b = (rgb[..., c].astype(np.int32) for c in range(3))  # (H, W) each
-    luma = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
-    r, g, b = (v[::2, ::2] + v[1::2, ::2] + v[::2, 1::2] + v[1::2, 1::2] for v in (r, g, b))
-    cb = ((-38 * r - 74 * g + 112 * b + 512) >> 10) + 128  # (H/2, W/2), from 2x2 sums
-    cr = ((112 * r - 94 * g - 18 * b + 512) >> 10) + 128
-    planes = np.concatenate([luma.ravel(), cb.ravel(), cr.ravel()])
-    return np.clip(planes, 0, 255).astype(np.uint8).reshape(-1, w)
-
-
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -509,7 +348,7 @@ def _remove_stale_videos(folder: Path, keep: set[str]) -> None:
         logger.info("removed %d demo videos of an earlier generation from %s", len(stale), folder)
 
 
-def _is_current(ds: DemoDataset, params: dict, plans: list[_VideoPlan]) -> bool:
+def _is_current(ds: DemoDataset, params: dict, plans: list[VideoPlan]) -> bool:
     manifest = ds.root / MANIFEST
     try:
         if json.loads(manifest.read_text(encoding="utf-8")) != params:

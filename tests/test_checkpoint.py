@@ -23,13 +23,12 @@ from r2.train.checkpoint import (
     build_meta,
     check_cache_compatible,
     load_checkpoint,
-    load_training_state,
     read_meta,
     save_checkpoint,
-    save_training_state,
 )
 from r2.train.config import QVHIGHLIGHTS
 from r2.train.model import R2Model
+from r2.train.resume import load_training_state, save_training_state
 
 
 def _model(seed: int = 0, **overrides) -> R2Model:

@@ -260,9 +260,10 @@ def _build_run(
     import torch
 
     from . import loop
-    from .checkpoint import build_meta, load_training_state
+    from .checkpoint import build_meta
     from .data import EpochBatchSampler, GroundingDataset, make_loader
     from .model import R2Model
+    from .resume import load_training_state
 
     amp_dtype = loop.autocast_dtype(amp, dev)
     if p.fps is not None and abs(p.fps - cache.settings.fps) > 1e-9:

@@ -1,4 +1,4 @@
-"""Checkpoints: model weights + metadata, and the full training state for `--resume`.
+"""Checkpoints: model weights + metadata, and the atomic writes every run file uses.
 
 Files of a run directory (every write is atomic: temporary file, fsync, `os.replace`, so a
 process killed at any instant leaves either the old or the new file, never a broken one):
@@ -7,8 +7,7 @@ process killed at any instant leaves either the old or the new file, never a bro
   preset, cache settings, metrics, r2 version, epoch, step) is stored INSIDE the file
   (safetensors header, key "r2_meta"), so loading needs no other file. `best.json` /
   `last.json` are human-readable copies of that metadata.
-- `resume.safetensors`: weights, AdamW state tensors, the torch RNG states, and (header)
-  the optimizer hyperparameters, python/numpy RNG states, loop position and run settings.
+- `resume.safetensors`: the full training state for `--resume` (see r2.train.resume).
 
 Nothing is ever unpickled: tensors go through safetensors, everything else through JSON.
 """
@@ -19,7 +18,6 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -315,111 +313,3 @@ def _check_sizes_only(config: dict, cache_settings: CacheSettings) -> list[str]:
     )
     log.warning("%s", warning)
     return [warning]
-
-
-# ---------------------------------------------------------------- training state (resume)
-
-
-def capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
-    """All RNG states: (tensors for safetensors, JSON-able part)."""
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
-    version, internal, gauss_next = random.getstate()
-    return tensors, {
-        "numpy": [name, int(pos), int(has_gauss), float(gauss)],
-        "python": [version, list(internal), gauss_next],
-    }
-
-
-def restore_rng(tensors: dict[str, torch.Tensor], info: dict) -> None:
-    """Inverse of `capture_rng`."""
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    name, pos, has_gauss, gauss = info["numpy"]
-    np.random.set_state(
-        (name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss)
-    )
-    version, internal, gauss_next = info["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-
-
-def save_training_state(
-    path: str | os.PathLike,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    info: dict,
-    scaler: torch.amp.GradScaler | None = None,
-) -> Path:
-    """Atomically save everything needed to continue training exactly (see module doc).
-
-    Args:
-        path: the file to write (e.g. `runs/x/resume.safetensors`).
-        info: JSON-able loop state (epoch, step, position, best metric, settings, ...).
-    """
-    tensors = {f"model.{k}": v for k, v in _state_tensors(model).items()}
-    opt = optimizer.state_dict()
-    scalars: dict[str, dict] = {}
-    for pid, pstate in opt["state"].items():
-        for key, value in pstate.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{pid}.{key}"] = value.detach().to("cpu", copy=True).contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[key] = value
-    rng_tensors, rng_info = capture_rng()
-    tensors.update(rng_tensors)
-    header = {
-        "format": CHECKPOINT_FORMAT,
-        "r2_version": __version__,
-        "info": info,
-        "param_groups": opt["param_groups"],
-        "optim_scalars": scalars,
-        "rng": rng_info,
-        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-    }
-    p = Path(path)
-    atomic_write_bytes(p, st_save(tensors, metadata={META_KEY: _json_dumps(header)}))
-    return p
-
-
-def load_training_state(
-    path: str | os.PathLike,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None = None,
-) -> dict:
-    """Restore model, optimizer, grad scaler and RNG states saved by `save_training_state`.
-
-    Returns:
-        The `info` dict given at save time.
-    """
-    p = Path(path)
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            header = json.loads((f.metadata() or {})[META_KEY])
-        tensors = load_file(str(p))
-    except Exception as exc:
-        raise CheckpointError(f"{p}: unreadable training state: {exc}") from exc
-    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    model.load_state_dict(model_state, strict=True)
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-    for pid, values in header["optim_scalars"].items():
-        state.setdefault(int(pid), {}).update(values)
-    groups = header["param_groups"]
-    for g in groups:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-    if scaler is not None and header.get("scaler"):
-        scaler.load_state_dict(header["scaler"])
-    restore_rng(tensors, header["rng"])
-    return header["info"]

@@ -27,9 +27,10 @@ from r2.evaluate import evaluate_records
 from r2.evaluate.inference import predict_items
 
 from .batch import Batch
-from .checkpoint import atomic_write_bytes, save_checkpoint, save_training_state
+from .checkpoint import atomic_write_bytes, save_checkpoint
 from .config import TrainPreset
 from .data import EpochBatchSampler, FeatureSource, Item
+from .resume import save_training_state
 
 log = logging.getLogger(__name__)
 
