@@ -56,8 +56,9 @@ class VideoFeatures:
 
     path: str
     features: np.ndarray  # (T, K, P, Dv) float16
-    duration: float  # seconds
+    duration: float  # seconds the features cover
     fps: float  # clips per second
+    partial: bool = False  # a damaged file: only its decodable first `duration` seconds
 
 
 @dataclass
@@ -122,9 +123,20 @@ class R2Predictor:
         log.info("loaded %s with CLIP %s on %s", checkpoint, encoder.settings.model_id, device)
         return cls(model, meta, encoder, device)
 
-    def encode_video(self, path: str | Path) -> VideoFeatures:
-        """Decode and CLIP-encode a video in chunks (memory bounded by the features)."""
-        clips = iter_clip_frames(path, self.fps, self.image_size, frame_at=self.frame_at)
+    def encode_video(self, path: str | Path, *, allow_partial: bool = False) -> VideoFeatures:
+        """Decode and CLIP-encode a video in chunks (memory bounded by the features).
+
+        Args:
+            path: a video file any FFmpeg build reads.
+            allow_partial: for a file that fails to decode midway, keep the clips decoded so
+                far (`partial` is then True) instead of raising.
+
+        Raises:
+            VideoError: the file cannot be opened or decoded; one line naming it and why.
+        """
+        clips = iter_clip_frames(
+            path, self.fps, self.image_size, frame_at=self.frame_at, allow_partial=allow_partial
+        )
         s = self.encoder.settings
         shape = (clips.probe.n_clips, s.k, s.tokens_per_frame, s.video_dim)
         features = np.empty(shape, np.float16)  # filled in place: never held twice
@@ -148,7 +160,10 @@ class R2Predictor:
         if filled == 0:
             raise VideoError(f"{path}: no frames could be decoded")
         features = features[:filled]  # (T, K, P, Dv) float16
-        return VideoFeatures(str(path), features, float(clips.duration), self.fps)
+        duration = float(clips.duration)
+        if clips.partial:
+            duration = min(duration, filled / self.fps)
+        return VideoFeatures(str(path), features, duration, self.fps, bool(clips.partial))
 
     @torch.inference_mode()
     def predict(

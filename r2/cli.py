@@ -48,18 +48,40 @@ def predict_command(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="PNG path (several queries: NAME-1.png, ...).")
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="Write results as JSON: per query, moments [start_s, end_s, score] and the "
+            "saliency of each clip i (seconds i/fps to (i+1)/fps), in [0, 1].",
+        ),
+    ] = None,
     clip_model: Annotated[
         str | None, typer.Option("--clip", help="Load CLIP from here instead of the recorded id.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    allow_partial: Annotated[
+        bool, typer.Option("--allow-partial", help="Use the decodable part of a damaged video.")
+    ] = False,
 ) -> None:
     """Find the moments of VIDEO that match each query; the video is encoded once."""
     from r2.api import R2Predictor
+    from r2.extract.decode import VideoError
+    from r2.extract.encode import ModelLoadError
     from r2.plot import plot_prediction
+    from r2.train.checkpoint import CheckpointError
 
-    predictor = R2Predictor.from_pretrained(checkpoint, device=device, clip_model=clip_model)
-    features = predictor.encode_video(video)
+    try:
+        predictor = R2Predictor.from_pretrained(checkpoint, device=device, clip_model=clip_model)
+        features = predictor.encode_video(video, allow_partial=allow_partial)
+    except (VideoError, ModelLoadError, CheckpointError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        if isinstance(err, VideoError) and not allow_partial:
+            typer.echo("(--allow-partial uses the part of a damaged video that decodes)", err=True)
+        raise typer.Exit(2) from None
+    if features.partial:
+        typer.echo(f"warning: {video} is damaged; using its first {features.duration:.1f} s",
+                   err=True)  # fmt: skip
     results = []
     for i, query in enumerate(queries):
         pred = predictor.predict(features, query, top=top)
@@ -73,7 +95,7 @@ def predict_command(
             )
             typer.echo(f"  plot: {plot_prediction(pred, path, top=top)}")
         results.append({
-            "query": query, "video": str(video), "duration": pred.duration,
+            "query": query, "video": str(video), "duration": pred.duration, "fps": pred.fps,
             "moments": [[m.start, m.end, m.score] for m in pred.moments],
             "saliency": [round(float(s), 6) for s in pred.saliency],
         })  # fmt: skip

@@ -3,51 +3,19 @@ as the extract → cache → eval path."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import torch
-from videogen import write_video
+from e2e_fixtures import N_CLIPS, QUERIES, make_setup
 
 from r2 import api
 from r2.api import R2Predictor
 from r2.cache import FeatureCache
 from r2.evaluate.inference import predict_split
-from r2.extract import extract
-from r2.extract.tiny_clip import make_tiny_clip
-from r2.train.checkpoint import build_meta, save_checkpoint
-from r2.train.config import QVHIGHLIGHTS
-from r2.train.model import R2Model
-
-N_CLIPS = 23  # 46 s at 0.5 clip/s: not a multiple of the chunk sizes below
-QUERIES = ["a man opens the fridge", "the dog runs on the beach at night"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A tiny CLIP, a video extracted into a cache, and a random tiny checkpoint."""
-    root = tmp_path_factory.mktemp("api")
-    clip = str(make_tiny_clip(root / "clip"))
-    video = write_video(root / "vid1.mp4", N_CLIPS * 2 * 10, fps=10, size=(80, 60),
-                        keyint=10, content="texture")  # fmt: skip
-    rows = [{"qid": i, "query": q, "vid": "vid1", "duration": N_CLIPS * 2.0,
-             "relevant_windows": [[4, 10]]} for i, q in enumerate(QUERIES)]  # fmt: skip
-    anno = root / "val.jsonl"
-    anno.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cache = root / "cache.h5"
-    extract([video], cache, [anno], model=clip, workers=0)
-    with FeatureCache(cache) as c:
-        settings = c.settings
-    torch.manual_seed(0)
-    cfg = QVHIGHLIGHTS.model_config(video_dim=settings.video_dim, query_dim=settings.text_dim,
-                                    k=settings.k, dims=32, heads=4)  # fmt: skip
-    model = R2Model(cfg).eval()
-    with torch.no_grad():  # live gates and scales, as after training
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    ckpt = save_checkpoint(root / "run" / "best", model, build_meta(cfg, QVHIGHLIGHTS, settings))
-    return {"video": video, "cache": cache, "anno": anno, "ckpt": ckpt, "model": model}
+    return make_setup(tmp_path_factory.mktemp("api"))
 
 
 def test_encode_video_equals_the_cached_features_in_chunks(setup, monkeypatch):

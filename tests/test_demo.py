@@ -11,6 +11,7 @@ the trivial baselines by a stated margin:
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,3 +77,13 @@ def test_outputs_are_written(demo):
         assert windows.shape[1] == 3 and (windows[:, 0] <= windows[:, 1]).all()
         assert windows[:, 1].max() <= gt["duration"] + 1e-6
         assert len(row["pred_saliency_scores"]) == round(gt["duration"] / 2)
+
+
+def test_the_readme_api_snippet_runs_on_the_demo_output(demo, capsys):
+    out, _, _ = demo
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "R2Predictor.from_pretrained" in snippet
+    exec(compile(snippet.replace("demo_out/", f"{out.as_posix()}/"), "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "Moment(start=" in printed and "when does the red star spin?" in printed
