@@ -83,8 +83,9 @@ def predict_command(
         typer.echo(f"warning: {video} is damaged; using its first {features.duration:.1f} s",
                    err=True)  # fmt: skip
     results = []
-    for i, query in enumerate(queries):
-        pred = predictor.predict(features, query, top=top)
+    for i, (query, pred) in enumerate(
+        zip(queries, predictor.predict_many(features, queries, top=top), strict=True)
+    ):
         typer.echo(f"\n{query!r}  ({video.name}, {pred.duration:.1f} s)")
         typer.echo(f"  {'rank':>4} {'start':>8} {'end':>8} {'score':>6}")
         for rank, m in enumerate(pred.moments, 1):

@@ -53,3 +53,24 @@ def test_predict_matches_eval_on_the_cache_and_reuses_the_encoding(setup, monkey
         assert all(0 <= m.start < m.end <= pred.duration for m in pred.moments)
     top = predictor.predict(video, QUERIES[0], top=2)
     assert len(top.moments) == 2
+
+
+def test_predict_many_equals_one_query_at_a_time(setup, monkeypatch):
+    monkeypatch.setattr(api, "QUERIES_PER_PASS", 2)  # 3 queries: a pass of 2, then 1
+    predictor = R2Predictor.from_pretrained(setup["ckpt"], device="cpu")
+    with FeatureCache(setup["cache"]) as c:
+        video = api.VideoFeatures(str(setup["video"]), c.video("vid1"),
+                                  c.video_record("vid1").duration, 0.5)  # fmt: skip
+    queries = [*QUERIES, "red"]  # token lengths differ: the shared pass pads them
+    many = predictor.predict_many(video, queries, top=5)
+    assert [p.query for p in many] == queries
+    for query, got in zip(queries, many, strict=True):
+        want = predictor.predict(video, query, top=5)
+        np.testing.assert_allclose(got.saliency, want.saliency, atol=1e-6)
+        assert len(got.moments) == len(want.moments)
+        for a, b in zip(got.moments, want.moments, strict=True):
+            assert a.start == pytest.approx(b.start, abs=1e-4)
+            assert a.end == pytest.approx(b.end, abs=1e-4)
+            assert a.score == pytest.approx(b.score, abs=1e-6)
+    with pytest.raises(TypeError, match="list of queries"):
+        predictor.predict_many(video, "one string")

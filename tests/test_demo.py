@@ -87,3 +87,4 @@ def test_the_readme_api_snippet_runs_on_the_demo_output(demo, capsys):
     exec(compile(snippet.replace("demo_out/", f"{out.as_posix()}/"), "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "Moment(start=" in printed and "when does the red star spin?" in printed
+    assert "a blue star moves up" in printed  # the predict_many part ran too

@@ -3,11 +3,15 @@ no maximum length, and gives the same numbers as the one-pass (training) computa
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
-from model_fixtures import batch_of, one_thread, perturbed, tiny_config  # noqa: F401
+from model_fixtures import batch_of, one_thread, perturbed, sample, tiny_config  # noqa: F401
 
 from r2.train import attention, block
+from r2.train.batch import collate, one_video_batch
 from r2.train.model import R2Model
 
 T_LONG = 1500  # beyond the original's fixed 1,024 positions
@@ -79,3 +83,22 @@ def test_no_fixed_maximum_length(one_thread):  # noqa: F811
     assert torch.isfinite(out.out_class).all()
     assert raw.boundary.shape == (cfg.max_num_moment, 3)
     assert (raw.boundary[:, 1] <= 5000 / 0.5 * 1.5).all()  # windows in seconds, not positions
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_one_video_many_queries_equals_each_query_alone(monkeypatch, one_thread, chunked):  # noqa: F811
+    cfg = tiny_config()
+    model = perturbed(R2Model(cfg), seed=4).eval()
+    samples = [sample(300, n, seed=9 + n, cfg=cfg) for n in (3, 9, 5)]  # unequal lengths
+    video = samples[0].video
+    if chunked:
+        monkeypatch.setattr(block, "INFER_CHUNK_TOKENS", 3 * 5 * 41)
+        monkeypatch.setattr(attention, "INFER_MAX_SCORES", 3 * 4 * 300 * 23)
+    shared = one_video_batch(video, [s.query for s in samples], 0.5, 600.0, "v")
+    with torch.inference_mode():
+        together = model.predict(model(shared), shared)
+        for i, s in enumerate(samples):
+            alone = collate([dataclasses.replace(s, video=video)])
+            (ref,) = model.predict(model(alone), alone)
+            np.testing.assert_allclose(together[i].saliency, ref.saliency, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(together[i].boundary, ref.boundary, rtol=1e-5, atol=1e-4)

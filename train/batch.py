@@ -152,3 +152,32 @@ def collate(samples: list[Sample]) -> Batch:
         qids=[str(s.qid) for s in samples],
         vids=[str(s.vid) for s in samples],
     )
+
+
+def one_video_batch(
+    video: Tensor, queries: Sequence[Tensor], fps: float, duration: float, vid: str = ""
+) -> Batch:
+    """Q queries about one video, for inference: the video stays (1, T, K, P, Dv) (no copy;
+    the model broadcasts it over the queries), the queries are zero-padded to (Q, L, K, Dq).
+
+    Args:
+        video: (T, K, P, Dv) features.
+        queries: Q tensors (L_i, K, Dq).
+        fps, duration: the video's clip rate and length in seconds.
+        vid: the video id given to every row.
+    """
+    if not queries:
+        raise ValueError("one_video_batch needs at least one query")
+    lengths = torch.tensor([q.size(0) for q in queries])
+    query = _pad_stack(list(queries), 0.0)
+    n, t = len(queries), video.size(0)
+    return Batch(
+        video=video.unsqueeze(0),
+        video_mask=torch.ones(n, t, dtype=torch.bool),
+        query=query,
+        query_mask=torch.arange(query.size(1))[None] < lengths[:, None],
+        fps=torch.full((n,), float(fps), dtype=torch.float32),
+        duration=torch.full((n,), float(duration), dtype=torch.float32),
+        qids=[str(i) for i in range(n)],
+        vids=[vid] * n,
+    )

@@ -84,11 +84,12 @@ class R2Step(nn.Module):
         """Query-modulated spatial pooling of the mapped tokens v = last(u).
 
         Args:
-            u: (B, T, P, C) video tokens before `video_map`'s last Linear W6, b6.
-            q: (B, L, C) mapped query tokens.
+            u: (B, T, P, C) video tokens before `video_map`'s last Linear W6, b6; B may be 1
+                for Q queries about one video (broadcast).
+            q: (B or Q, L, C) mapped query tokens.
 
         Returns:
-            v_cls (B, T, C), the mapped [CLS] tokens, and o (B, T, C) = max_L(a·v + q).
+            v_cls (B, T, C), the mapped [CLS] tokens, and o (B or Q, T, C) = max_L(a·v + q).
 
         Identical function, far fewer operations than the literal form: the scores
         (Wq q)·(Wv v + bv) are ((Wq q) Wv W6)·u + a per-query constant, and a·v =
@@ -107,7 +108,7 @@ class R2Step(nn.Module):
         else:
             v = last(u)
         s = torch.matmul(q_eff, v.reshape(b, t * p, c).transpose(1, 2))  # (B, L, T·P)
-        s = (s.view(b, -1, t, p) + q_const[:, :, None, None]) / c**0.5
+        s = (s.view(q.size(0), -1, t, p) + q_const[:, :, None, None]) / c**0.5
         att = s.softmax(-1).transpose(1, 2)  # (B, T, L, P)
         o = torch.matmul(att, v)  # (B, T, L, C)
         o = (last(o) if late else o) + q.unsqueeze(1)
@@ -158,21 +159,31 @@ class R2Block(nn.Module):
     def forward(
         self, video: Tensor, query: Tensor, video_mask: Tensor, query_mask: Tensor
     ) -> BlockOutput:
-        """video (B, T, Kf, P, Dv), query (B, L, Kf, Dq) with Kf ≥ K; masks bool."""
+        """video (B, T, Kf, P, Dv), query (B, L, Kf, Dq) with Kf ≥ K; masks (B, T), (B, L).
+
+        One video asked Q questions: video (1, T, Kf, P, Dv) is broadcast over the Q queries
+        (masks (Q, T), (Q, L)); it is mapped once, and padded query tokens are left out of
+        the max over tokens, so each query gets what it would alone.
+        """
         cfg = self.cfg
         if video.size(2) < cfg.k or query.size(2) < cfg.k:
             raise ValueError(
                 f"the features hold {video.size(2)} video / {query.size(2)} query "
                 f"layers but the model uses k={cfg.k}"
             )
+        shared = video.size(0) != query.size(0)
+        if shared and video.size(0) != 1:
+            raise ValueError(f"{video.size(0)} videos for {query.size(0)} queries")
         inv = cfg.padding_invariant
-        tef = endpoint_features(video_mask, inv) if cfg.use_tef else None  # (B, T, 2)
+        tef = None  # (1 or B, T, 2)
+        if cfg.use_tef:
+            tef = endpoint_features(video_mask[: video.size(0)], inv)
         pe = position_encoding(video_mask, cfg.dims, inv)  # (B, T, C), same every step
         h, step_cls, step_query = None, [], []
         for j, i in enumerate(self._layer_order()):
             step = self.steps[i if len(self.steps) > 1 else 0]
             frames, q_in = self._inputs(video, query, i)  # (B, T, P, Dv), (B, L, Dq)
-            v_cls, o, q = self._map_pool(step, frames, tef, q_in, query_mask)
+            v_cls, o, q = self._map_pool(step, frames, tef, q_in, query_mask, inv or shared)
             step_cls.append(v_cls)
             step_query.append(q)
             e = v_cls + o * self.scale[i].tanh()
@@ -183,7 +194,13 @@ class R2Block(nn.Module):
         return BlockOutput(hidden=h, query=q, step_cls=step_cls, step_query=step_query)
 
     def _map_pool(
-        self, step: R2Step, frames: Tensor, tef: Tensor | None, q_in: Tensor, query_mask: Tensor
+        self,
+        step: R2Step,
+        frames: Tensor,
+        tef: Tensor | None,
+        q_in: Tensor,
+        query_mask: Tensor,
+        mask_max: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """`video_map` of frames (B, T, [K,] P, Dv), `query_map` of q_in (B, L, Dq), then the
         query-modulated pooling: v_cls (B, T, C), o (B, T, C) and the mapped query (B, L, C).
@@ -194,20 +211,20 @@ class R2Block(nn.Module):
         anyway). The video is mapped before the query either way (the original's order of
         dropout draws).
         """
-        b, t, p = frames.shape[0], frames.shape[1], frames.shape[-2]
+        b, t, p = max(frames.size(0), q_in.size(0)), frames.shape[1], frames.shape[-2]
         n = t if torch.is_grad_enabled() else max(1, INFER_CHUNK_TOKENS // (b * p))
         q = v_cls = o = None  # v_cls, o: (B, T, C), filled chunk by chunk (no parts + cat)
         for s in range(0, t, n):
             x = frames[:, s : s + n]  # (B, n, P, Dv), or (B, n, K, P, Dv) for mean fusion
             x = x.float().mean(2) if x.dim() == 5 else x
             e = None if tef is None else tef[:, s : s + n].reshape(-1, 2)
-            u = step.map_video(x.flatten(0, 1), e).view(b, x.size(1), p, -1)  # (B, n, P, C)
+            u = step.map_video(x.flatten(0, 1), e).view(x.size(0), x.size(1), p, -1)
             q = step.query_map(q_in) if q is None else q  # (B, L, C)
-            part_cls, part_o = step.pool(u, q, query_mask, self.cfg.padding_invariant)
+            part_cls, part_o = step.pool(u, q, query_mask, mask_max)  # (1 or B, n, C), (B, n, C)
             if n >= t:
                 return part_cls, part_o, q
             if v_cls is None:
-                v_cls = part_cls.new_empty(b, t, part_cls.size(-1))
+                v_cls = part_cls.new_empty(part_cls.size(0), t, part_cls.size(-1))
                 o = part_o.new_empty(b, t, part_o.size(-1))
             v_cls[:, s : s + n], o[:, s : s + n] = part_cls, part_o
         return v_cls, o, q
