@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from r2.errors import UsageError
+
 FORMAT_NAME = "r2-feature-cache"  # root attribute `format`: marks an HDF5 file as an r2 cache
 FORMAT_VERSION = 1  # root attribute `format_version`; bump on any incompatible layout change
 FRAME_AT_CHOICES = ("middle", "start")
 DTYPE_CHOICES = ("fp32", "fp16", "bf16")
 
 
-class CacheError(Exception):
+class CacheError(UsageError):
     """A cache file cannot be used: not a cache, corrupt, locked, or misused. Names the path."""
 
 

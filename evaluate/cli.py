@@ -81,7 +81,8 @@ def eval_command(
     device: Annotated[str, typer.Option(help="With --checkpoint: auto | cpu | cuda.")] = "auto",
 ) -> None:
     """Score predictions against ground truth with the benchmark's official metrics."""
-    from r2.evaluate import DATASETS, EvalInputError, evaluate
+    from r2.errors import cli_errors
+    from r2.evaluate import DATASETS, evaluate
     from r2.evaluate.report import format_metrics
 
     if checkpoint is not None:
@@ -95,13 +96,10 @@ def eval_command(
         raise typer.BadParameter("a ground-truth file is required", param_hint="--gt")
     if by_query_length and dataset != "qvhighlights":
         raise typer.BadParameter("only for --dataset qvhighlights", param_hint="--by-query-length")
-    try:
+    with cli_errors():
         metrics = evaluate(
             pred, gt, dataset, allow_partial=allow_partial, by_query_length=by_query_length
         )
-    except EvalInputError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
     typer.echo(format_metrics(metrics, dataset))
     if out is not None:
         _write_json(out, metrics)
@@ -112,10 +110,9 @@ def _checkpoint_mode(
     checkpoint: Path, cache: Path | None, anno: Path | None, out: Path | None, device: str
 ) -> None:
     """`r2 eval --checkpoint`: inference over a split, submission file, metrics if labelled."""
-    from r2.cache import CacheError
+    from r2.errors import cli_errors
     from r2.evaluate.report import format_metrics
     from r2.evaluate.split import evaluate_checkpoint
-    from r2.train.checkpoint import CheckpointError
 
     if cache is None:
         raise typer.BadParameter("the split's feature cache is required", param_hint="--cache")
@@ -127,11 +124,8 @@ def _checkpoint_mode(
         else Path(checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent)
         / f"eval_{anno.stem}"
     )
-    try:
+    with cli_errors(usage=(ValueError,)):
         result = evaluate_checkpoint(checkpoint, cache, anno, out_dir, device=device)
-    except (CheckpointError, CacheError, ValueError, OSError) as exc:  # one clear line
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
     if result.metrics is None:
         typer.echo(f"{anno} has no ground truth: submission written, no metrics")
     else:

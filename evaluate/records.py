@@ -26,13 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from r2.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 QVH_CLIP_SECONDS = 2.0  # QVHighlights saliency clips are 2 s long
 QVH_ANNOTATORS = 3  # three saliency scores per relevant clip
 
 
-class EvalInputError(ValueError):
+class EvalInputError(UsageError, ValueError):
     """A prediction or ground-truth file cannot be scored; the message says where and why."""
 
 

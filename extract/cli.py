@@ -78,36 +78,27 @@ def extract_command(
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from r2.extract import InputError, extract
+    from r2.errors import cli_errors
+    from r2.extract import extract
 
-    errors: tuple[type[BaseException], ...] = (InputError, ValueError)
-    try:
-        with logging_redirect_tqdm():
-            summary = extract(
-                videos or [],
-                out,
-                anno or [],
-                model=model,
-                revision=revision,
-                k=k,
-                fps=fps,
-                frame_at=frame_at,
-                dtype=dtype,
-                device=device,
-                workers=workers,
-                batch_frames=batch_frames,
-                allow_partial=allow_partial,
-                strict=strict,
-            )
-    except Exception as err:
-        from r2.cache import CacheError
-        from r2.extract.encode import ModelLoadError
-        from r2.extract.pipeline import SkipError
-
-        if not isinstance(err, (*errors, CacheError, ModelLoadError, SkipError)):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        raise typer.Exit(1) from None
+    hint = "what was committed stays in the cache; re-run to finish"
+    with cli_errors(hint, (ValueError,)), logging_redirect_tqdm():
+        summary = extract(
+            videos or [],
+            out,
+            anno or [],
+            model=model,
+            revision=revision,
+            k=k,
+            fps=fps,
+            frame_at=frame_at,
+            dtype=dtype,
+            device=device,
+            workers=workers,
+            batch_frames=batch_frames,
+            allow_partial=allow_partial,
+            strict=strict,
+        )
     if not summary.usable:
         print("error: nothing usable was extracted (see the skipped files above)", file=sys.stderr)
         raise typer.Exit(1)

@@ -22,6 +22,7 @@ import ftfy
 import numpy as np
 import torch
 
+from r2.errors import UsageError
 from r2.extract.defaults import DEFAULT_K, DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ TEXT_CHUNK = 128  # queries per text forward (queries of one token length, so no
 _COMMIT_RE = re.compile(r"snapshots/([0-9a-f]{40})(/|$)")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UsageError, RuntimeError):
     """The CLIP model (or a file of it) could not be loaded; never replaced by a random model."""
 
 

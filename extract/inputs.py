@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from r2.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 # Folder scans pick up these extensions (lower case). Audio-only containers are included on
@@ -26,7 +28,7 @@ AUDIO_EXTENSIONS = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".opus", 
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS
 
 
-class InputError(ValueError):
+class InputError(UsageError, ValueError):
     """The inputs can't be used as given (missing path, duplicate id, malformed annotation)."""
 
 

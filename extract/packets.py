@@ -22,6 +22,7 @@ import av
 import numpy as np
 from av.stream import Discard, Disposition
 
+from r2.errors import UsageError
 from r2.extract.filters import _TRANSPOSING, _display_matrix, _orientation
 from r2.extract.sampling import _assign, _tick
 
@@ -36,7 +37,7 @@ FAST_PATH_CODECS = frozenset(
 _NOPTS = -(2**63)
 
 
-class VideoError(Exception):
+class VideoError(UsageError):
     """A video cannot be sampled; the message is one line naming the file and the reason."""
 
 

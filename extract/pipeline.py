@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from r2.errors import UsageError
 from r2.extract import spill
 from r2.extract.defaults import CPU_BATCH_FRAMES, GPU_BATCH_FRAMES, QUERY_CHUNK
 from r2.extract.inputs import VideoInput
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 HIGH_WATER_BATCHES = 4  # stop starting decodes while this many batches of frames wait
 
 
-class SkipError(RuntimeError):
+class SkipError(UsageError, RuntimeError):
     """Raised in strict mode for the first video that had to be skipped."""
 
 

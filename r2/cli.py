@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from r2.errors import EXIT_CODES_EPILOG
 from r2.evaluate.cli import eval_command
 from r2.extract.cli import extract_command
 from r2.train.cli import convert_command, train_command
@@ -22,10 +23,10 @@ app = typer.Typer(
     no_args_is_help=True,
     help="R²-Tuning: extract CLIP features, train, evaluate and predict moments in videos.",
 )
-app.command("extract")(extract_command)
-app.command("train")(train_command)
-app.command("eval")(eval_command)
-app.command("convert")(convert_command)
+app.command("extract", epilog=EXIT_CODES_EPILOG)(extract_command)
+app.command("train", epilog=EXIT_CODES_EPILOG)(train_command)
+app.command("eval", epilog=EXIT_CODES_EPILOG)(eval_command)
+app.command("convert", epilog=EXIT_CODES_EPILOG)(convert_command)
 
 
 @app.callback()
@@ -37,7 +38,7 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug 
     )
 
 
-@app.command("predict")
+@app.command("predict", epilog=EXIT_CODES_EPILOG)
 def predict_command(
     video: Annotated[Path, typer.Argument(help="Video file.", exists=True, dir_okay=False)],
     queries: Annotated[list[str], typer.Argument(help="One or more questions (quoted).")],
@@ -106,7 +107,7 @@ def predict_command(
         typer.echo(f"results written to {json_out}")
 
 
-@app.command("demo")
+@app.command("demo", epilog=EXIT_CODES_EPILOG)
 def demo_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo_out"),
     clip_model: Annotated[

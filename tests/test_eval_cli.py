@@ -53,7 +53,7 @@ def test_eval_reports_bad_input_with_location(app, tmp_path):
         [{"qid": 1, "relevant_windows": [[0, 1]]}],
     )
     result = runner.invoke(app, ["eval", "--pred", str(pred), "--gt", str(gt)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert f"{pred}:1: field 'pred_relevant_windows[0]': start 5 > end 1" in result.output
 
 

@@ -192,9 +192,9 @@ def test_cli_exit_codes(tmp_path, videos, tiny):
               "--workers", "0")  # fmt: skip
     assert ok.exit_code == 0, ok.output
     strict = _cli(str(videos / "corrupt"), "--out", out, "--model", tiny, "--strict")
-    assert strict.exit_code == 1 and "--strict" in strict.output
+    assert strict.exit_code == 2 and "--strict" in strict.output
     mismatch = _cli(str(videos / "very_short"), "--out", out, "--model", tiny, "--fps", "1")
-    assert mismatch.exit_code == 1 and "fps: 0.5 vs 1.0" in mismatch.output
+    assert mismatch.exit_code == 2 and "fps: 0.5 vs 1.0" in mismatch.output
     missing = _cli(str(videos / "very_short"), "--out", out, "--model", str(tmp_path / "nope"))
-    assert missing.exit_code == 1 and "never substitutes a random model" in missing.output
-    assert _cli("--out", out).exit_code == 1  # nothing to extract
+    assert missing.exit_code == 2 and "never substitutes a random model" in missing.output
+    assert _cli("--out", out).exit_code == 2  # nothing to extract

@@ -105,4 +105,4 @@ def test_cli_convert_round_trip(official, tmp_path):
     bad = tmp_path / "bad.safetensors"
     save_file({k: v for k, v in official.items() if k != "adapter.gate"}, str(bad))
     result = CliRunner().invoke(app, ["convert", str(bad), str(tmp_path / "x.safetensors")])
-    assert result.exit_code == 1 and "block.gate" in result.output
+    assert result.exit_code == 2 and "block.gate" in result.output

@@ -111,12 +111,12 @@ def test_cli_trains_and_reports(tmp_path):
     assert result.exit_code == 0, result.output
     assert "finished at epoch 1, step 2; best MR-full-mAP:" in result.output
     result = CliRunner().invoke(app, args)  # the run exists: clear error, exit code 1
-    assert result.exit_code == 1 and "pass --resume" in result.output
+    assert result.exit_code == 2 and "pass --resume" in result.output
     bad = CliRunner().invoke(app, [*args[:-2], "--preload", "disk"])
     assert bad.exit_code != 0 and "--preload" in bad.output
     unknown = CliRunner().invoke(app, [*args, "--config", "nosuch=1", "--out", str(tmp_path / "u")])
-    assert unknown.exit_code == 1 and "unknown model option(s) ['nosuch']" in unknown.output
+    assert unknown.exit_code == 2 and "unknown model option(s) ['nosuch']" in unknown.output
     missing = write_jsonl(tmp_path / "m.jsonl", make_annotations(3, qid_start=500))
     run2 = ["--train-anno", str(missing), "--out", str(tmp_path / "run2"), "--device", "cpu"]
     result = CliRunner().invoke(app, [*args[:2], *run2])
-    assert result.exit_code == 1 and "3 of 3 queries reference videos not in" in result.output
+    assert result.exit_code == 2 and "3 of 3 queries reference videos not in" in result.output

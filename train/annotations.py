@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from r2.cache import FeatureCache
+from r2.errors import UsageError
 
 from .labels import (
     clean_windows,
@@ -38,11 +39,11 @@ HIGHLIGHT_DATASETS = ("youtube", "tvsum")  # saliency-only labels, no windows
 TACOS_CAMERA = "-cam-002"  # suffix of the TACoS video files the annotations leave out
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UsageError, ValueError):
     """An annotation file cannot be used; the message names file, line and field."""
 
 
-class MissingFeaturesError(ValueError):
+class MissingFeaturesError(UsageError, ValueError):
     """Queries reference videos or queries that are not in the cache (counts in message)."""
 
 

@@ -30,6 +30,7 @@ from safetensors.torch import save as st_save
 
 from r2 import __version__
 from r2.cache import CacheSettings
+from r2.errors import UsageError
 
 from .config import R2Config, TrainPreset
 from .model import R2Model
@@ -45,7 +46,7 @@ MUST_MATCH = ("model_id", "fps", "frame_at", "image_size", "mean", "std",
               "tokens_per_frame", "video_dim", "text_dim")  # fmt: skip
 
 
-class CheckpointError(Exception):
+class CheckpointError(UsageError):
     """A checkpoint cannot be read or used; the message names the file and the reason."""
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -92,72 +91,40 @@ def train_command(
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from r2.errors import cli_errors
     from r2.train import train
 
-    try:
-        with logging_redirect_tqdm():
-            summary = train(
-                cache,
-                train_anno,
-                out,
-                val_anno=val_anno,
-                preset=preset,
-                device=device,
-                resume=resume,
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
-                warmup=warmup,
-                lr_drop=lr_drop,
-                seed=seed,
-                workers=workers,
-                preload=preload,
-                k=k,
-                save_every=save_every,
-                max_steps=max_steps,
-                amp=amp,
-                skip_missing=skip_missing,
-                config=overrides,
-            )
-    except KeyboardInterrupt:
-        state = out / "resume.safetensors"
-        saved = f"the last saved state is {state}" if state.exists() else "nothing was saved yet"
-        print(f"interrupted; {saved} (continue with --resume)", file=sys.stderr)
-        raise typer.Exit(130) from None
-    except Exception as err:
-        if not _is_user_error(err):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        raise typer.Exit(1) from None
+    hint = f"the last saved state is in {out} (continue with --resume)"
+    with cli_errors(hint, (ValueError, KeyError)), logging_redirect_tqdm():
+        summary = train(
+            cache,
+            train_anno,
+            out,
+            val_anno=val_anno,
+            preset=preset,
+            device=device,
+            resume=resume,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            warmup=warmup,
+            lr_drop=lr_drop,
+            seed=seed,
+            workers=workers,
+            preload=preload,
+            k=k,
+            save_every=save_every,
+            max_steps=max_steps,
+            amp=amp,
+            skip_missing=skip_missing,
+            config=overrides,
+        )
     best = summary.get("best")
     shown = "n/a" if best is None else f"{best:.2f} (epoch {summary['best_epoch']})"
     print(
         f"{'finished' if summary['finished'] else 'stopped'} at epoch {summary['epoch']}, "
         f"step {summary['step']}; best {summary['key_metric']}: {shown}; "
         f"checkpoints in {out}"
-    )
-
-
-def _is_user_error(err: Exception) -> bool:
-    """Errors with an actionable message (printed without a traceback)."""
-    from r2.cache import CacheError
-    from r2.evaluate.records import EvalInputError
-    from r2.train import RunExistsError
-    from r2.train.checkpoint import CheckpointError
-    from r2.train.loop import NonFiniteLossError
-
-    return isinstance(
-        err,
-        (
-            CacheError,
-            EvalInputError,
-            RunExistsError,
-            CheckpointError,
-            NonFiniteLossError,
-            ValueError,
-            KeyError,
-            FileNotFoundError,
-        ),
     )
 
 
@@ -173,12 +140,10 @@ def convert_command(
     Unknown, missing or mis-shaped keys are refused with the full list. The model
     configuration is read from the tensor shapes and stored in the output's metadata.
     """
+    from r2.errors import cli_errors
     from r2.train.convert import convert_checkpoint
 
-    try:
+    with cli_errors(usage=(ValueError, KeyError)):
         model = convert_checkpoint(src, dst, preset=preset)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise typer.Exit(1) from None
     n = sum(p.numel() for p in model.parameters())
     print(f"converted {src} -> {dst} ({n:,} parameters)")

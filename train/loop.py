@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from r2.errors import RunFailureError
 from r2.evaluate import evaluate_records
 from r2.evaluate.inference import predict_items
 
@@ -44,7 +45,7 @@ RESUME_FILE = "resume.safetensors"
 LOG_FILE = "log.jsonl"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunFailureError, RuntimeError):
     """The loss (or, without a grad scaler, the gradient norm) became NaN/inf."""
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from r2.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_K = 4  # CLIP layers used by the released model
@@ -21,7 +23,7 @@ DEFAULT_K = 4  # CLIP layers used by the released model
 RESUME_FIXED = ("config", "preset", "cache", "seed", "train_items", "amp")
 
 
-class RunExistsError(RuntimeError):
+class RunExistsError(UsageError, RuntimeError):
     """The output folder already holds a run and --resume was not given."""
 
 
