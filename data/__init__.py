@@ -1,0 +1,1 @@
+"""Datasets: converters from the benchmarks' original releases, and the annotation checker."""
