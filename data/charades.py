@@ -84,8 +84,15 @@ def _split_rows(path: Path, split: str, lengths, log: RepairLog, qid: int) -> li
             window = clamp_window(start, end, duration, log, split, where)
             if window is None:
                 continue
-            rows.append({"qid": qid + len(rows), "query": query, "duration": duration,
-                         "vid": vid, "relevant_windows": [[seconds(x) for x in window]]})
+            rows.append(
+                {
+                    "qid": qid + len(rows),
+                    "query": query,
+                    "duration": duration,
+                    "vid": vid,
+                    "relevant_windows": [[seconds(x) for x in window]],
+                }
+            )
     return rows  # fmt: skip
 
 

@@ -78,7 +78,7 @@ class CheckReport:
         errors = self.errors
         shown = "; ".join(str(p) for p in errors[:MAX_ERRORS_SHOWN])
         more = len(errors) - MAX_ERRORS_SHOWN
-        tail = f"; and {more} more (`r2 data check {self.source}` lists them all)" if more > 0 else ""
+        tail = f"; and {more} more (r2 data check {self.source} lists all)" if more > 0 else ""
         head = f"{len(errors)} errors in {self.source}: " if len(errors) > 1 else ""
         return head + shown + tail
 

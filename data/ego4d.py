@@ -100,7 +100,8 @@ def _query_row(q, clip: dict, duration: float, at: str, split: str, log: RepairL
 def _clip_rows(clip, split: str, log: RepairLog, where: str) -> list[dict]:
     if not isinstance(clip, dict) or not isinstance(clip.get("clip_uid"), str):
         raise ReleaseError(f"{where}: a clip needs a clip_uid")
-    start, end = finite_or_none(clip.get("clip_start_sec")), finite_or_none(clip.get("clip_end_sec"))
+    start = finite_or_none(clip.get("clip_start_sec"))
+    end = finite_or_none(clip.get("clip_end_sec"))
     annotations = clip.get("annotations") or []
     queries = [(a, q) for a in annotations for q in (a.get("language_queries") or [])]
     if start is None or end is None or end <= start:

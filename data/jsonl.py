@@ -57,9 +57,7 @@ def loads(raw: bytes | str, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     depth = json_depth(data)
     if depth > max_depth:
-        raise JsonInputError(
-            f"{where}: JSON nested {depth} levels deep (the limit is {max_depth})"
-        )
+        raise JsonInputError(f"{where}: JSON nested {depth} levels deep (the limit is {max_depth})")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -67,16 +65,14 @@ def loads(raw: bytes | str, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise JsonInputError(
-            f"{where}: invalid JSON: {exc.msg} (column {exc.colno})"
-        ) from None
+        raise JsonInputError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
     except (ValueError, RecursionError) as exc:  # e.g. an integer with 5,000 digits
         raise JsonInputError(f"{where}: invalid JSON: {exc}") from None
 
 
 def _open(path: Path, what: str):
     try:
-        return open(path, "rb")  # noqa: SIM115 - closed by the caller's `with`
+        return open(path, "rb")
     except FileNotFoundError:
         raise JsonInputError(f"{path}: {what} not found") from None
     except IsADirectoryError:

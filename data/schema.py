@@ -92,9 +92,7 @@ class _Row:
 
 def is_number(value: Any) -> bool:
     """An int or float (numpy scalars too), not a bool."""
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool
-    )
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
 def is_finite(value: Any) -> bool:
@@ -332,8 +330,16 @@ def check_rows(
         if row is None:
             continue
         if row.qid in first_at:
-            problems.append(Problem(where, "qid", f"{row.qid!r} already used at "
-                                    f"{first_at[row.qid]}", ERROR, "duplicate_qid", row.qid))
+            problems.append(
+                Problem(
+                    where,
+                    "qid",
+                    f"{row.qid!r} already used at {first_at[row.qid]}",
+                    ERROR,
+                    "duplicate_qid",
+                    row.qid,
+                )
+            )
             continue  # fmt: skip
         first_at[row.qid] = where
         rows.append(row)

@@ -34,7 +34,7 @@ from .common import (
     seconds,
     write_splits,
 )
-from .jsonl import JsonInputError, MAX_ARRAY_FILE_BYTES, loads
+from .jsonl import MAX_ARRAY_FILE_BYTES, JsonInputError, loads
 
 DATASET = "tacos"
 SPLITS = ("train", "val", "test")
@@ -78,8 +78,15 @@ def _video_rows(key: str, video, split: str, log: RepairLog, where: str) -> list
             raise ReleaseError(f"{at}: a timestamp must be [start_frame, end_frame]")
         window = clamp_window(f0 / fps, f1 / fps, duration, log, split, at)
         if window is not None:
-            rows.append({"qid": f"{vid}_{i}", "query": query.strip(), "duration": duration,
-                         "vid": vid, "relevant_windows": [[seconds(x) for x in window]]})
+            rows.append(
+                {
+                    "qid": f"{vid}_{i}",
+                    "query": query.strip(),
+                    "duration": duration,
+                    "vid": vid,
+                    "relevant_windows": [[seconds(x) for x in window]],
+                }
+            )
     return rows  # fmt: skip
 
 

@@ -87,8 +87,9 @@ def _duration(vid: str, info: list, files: dict[str, Path], log: RepairLog, spli
             probe = probe_video(files[vid], fps=1.0)
             return probe.duration, "video", probe.n_frames
         except VideoError as exc:
-            log.add(split, "video file unreadable: listing length used", "fixed",
-                    f"{where} ({exc})")
+            log.add(
+                split, "video file unreadable: listing length used", "fixed", f"{where} ({exc})"
+            )
     if files:
         log.add(split, "video file not found: listing length used", "fixed", where)
     length = info[LENGTH_INDEX] if len(info) > LENGTH_INDEX else None

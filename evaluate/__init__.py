@@ -17,6 +17,7 @@ from r2.evaluate.highlights import highlight_metrics
 from r2.evaluate.qvhighlights import official_layout, qvhighlights_metrics
 from r2.evaluate.records import (
     EvalInputError,
+    check_ground_truth_rows,
     pair_up,
     parse_ground_truth,
     parse_predictions,
@@ -57,9 +58,11 @@ def evaluate(
     Raises:
         EvalInputError: unreadable or invalid input, naming file, line and field.
     """
+    gt_rows = read_rows(gt_path)
+    check_ground_truth_rows(gt_rows, str(gt_path))
     return _score(
         read_rows(pred_path),
-        read_rows(gt_path),
+        gt_rows,
         dataset,
         allow_partial,
         by_query_length,

@@ -17,7 +17,6 @@ Query ids are compared as strings (``str(qid)``), like the feature cache does.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -72,32 +71,37 @@ class GroundTruth:
 def read_rows(path: str | Path) -> list[Row]:
     """Read a JSON Lines file (or a JSON array) into rows that remember their location.
 
+    The bounded reader of `r2.data.jsonl` (line size, nesting depth) reads it.
+
     Raises:
-        EvalInputError: missing file, invalid JSON, or an item that is not an object.
+        EvalInputError: missing file, invalid JSON, a limit exceeded, or an item that is
+            not an object.
     """
-    path = Path(path)
+    from r2.data.jsonl import JsonInputError, read_json_or_jsonl
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise EvalInputError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EvalInputError(f"{path}: cannot read file: {exc}") from None
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise EvalInputError(f"{path}: invalid JSON array: {exc}") from None
-        located = [(f"{path}[item {i}]", item) for i, item in enumerate(items)]
-    else:
-        located = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                located.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise EvalInputError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
+        located = read_json_or_jsonl(path)
+    except JsonInputError as exc:
+        raise EvalInputError(str(exc)) from None
     return rows_from_dicts([item for _, item in located], [where for where, _ in located])
+
+
+def check_ground_truth_rows(rows: list[Row], source: str) -> None:
+    """The strict annotation checks of `r2 data check` on a ground-truth file.
+
+    Raises:
+        EvalInputError: any error (counted, the first few quoted). Warnings are logged once.
+    """
+    from r2.data.check import CheckReport
+    from r2.data.schema import Requirements, check_rows
+
+    checked, problems = check_rows(
+        ((r.where, r.data) for r in rows), Requirements(vid=False, query=False)
+    )
+    report = CheckReport(source, checked, problems)
+    if report.errors:
+        raise EvalInputError(report.error_message())
+    report.log_warnings("ground truth")
 
 
 def rows_from_dicts(
@@ -196,6 +200,11 @@ def parse_predictions(rows: list[Row], need_scores: bool) -> list[Prediction]:
         seen[qid] = row.where
         windows = row.data.get("pred_relevant_windows")
         saliency = row.data.get("pred_saliency_scores")
+        if windows is None and saliency is None:
+            raise EvalInputError(
+                f"{row.where}: no prediction (neither pred_relevant_windows nor "
+                "pred_saliency_scores): is this a ground-truth file? --pred takes predictions"
+            )
         preds.append(
             Prediction(
                 qid=qid,

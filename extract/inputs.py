@@ -6,10 +6,9 @@ annotation file or two videos with the same id stop the run before it has done a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from r2.errors import UsageError
@@ -48,45 +47,59 @@ class QueryInput:
 
     qid: str  # str(qid) of the annotation
     text: str  # the query as written in the file
-    vid: str | None  # the annotation's video id, if given
+    vid: str | None  # the annotation's video id (str of an integer id), if given
     where: str  # "file:line", for messages
 
 
-def _scan_folder(folder: Path) -> tuple[list[Path], int]:
-    """Media files under `folder` (recursive, sorted, hidden entries skipped) + ignored count."""
-    found, ignored = [], 0
+@dataclass
+class ScanResult:
+    """Videos found in the inputs and what a folder scan left out (counted, never silent)."""
+
+    videos: list[VideoInput]
+    hidden: list[Path] = field(default_factory=list)  # hidden files / folders (name ".*")
+    unknown: list[Path] = field(default_factory=list)  # files without a media extension
+
+    def skipped_counts(self) -> dict[str, int]:
+        """Reason -> number of entries left out of folder scans (zero counts omitted)."""
+        counts = {"hidden": len(self.hidden), "unknown extension": len(self.unknown)}
+        return {k: v for k, v in counts.items() if v}
+
+
+def _scan_folder(folder: Path, result: ScanResult) -> list[Path]:
+    """Media files under `folder` (recursive, sorted); hidden entries and files without a
+    media extension are recorded in `result`."""
+    found = []
     for root, dirs, files in os.walk(folder):
+        result.hidden += [Path(root) / d for d in sorted(dirs) if d.startswith(".")]
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith("."):
-                continue
-            if Path(name).suffix.lower() in MEDIA_EXTENSIONS:
+                result.hidden.append(Path(root) / name)
+            elif Path(name).suffix.lower() in MEDIA_EXTENSIONS:
                 found.append(Path(root) / name)
             else:
-                ignored += 1
-    return found, ignored
+                result.unknown.append(Path(root) / name)
+    return found
 
 
-def find_videos(inputs: list[str | Path]) -> list[VideoInput]:
-    """Files and folders (searched recursively) -> videos with unique ids, in input order.
+def scan_inputs(inputs: list[str | Path]) -> ScanResult:
+    """Files and folders (searched recursively) -> videos with unique ids, in input order,
+    plus the entries the folder scans skipped.
 
     Raises:
         InputError: a path doesn't exist, or two different files share a stem (video id).
     """
+    result = ScanResult([])
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files, ignored = _scan_folder(path)
-            if ignored:
-                log.info("%s: ignored %d file(s) without a media extension", path, ignored)
-            paths.extend(files)
+            paths.extend(_scan_folder(path, result))
         elif path.is_file():
             paths.append(path)
         else:
             raise InputError(f"{path}: no such file or folder")
     by_vid: dict[str, Path] = {}
-    videos: list[VideoInput] = []
     for path in paths:
         first = by_vid.setdefault(path.stem, path)
         if first is not path:
@@ -97,50 +110,42 @@ def find_videos(inputs: list[str | Path]) -> list[VideoInput]:
                 "rename one of them"
             )
         stat = path.stat()
-        videos.append(VideoInput(path.stem, path, stat.st_size, stat.st_mtime))
-    return videos
+        result.videos.append(VideoInput(path.stem, path, stat.st_size, stat.st_mtime))
+    for reason, n in result.skipped_counts().items():
+        log.info("folder scan: skipped %d %s entr%s", n, reason, "y" if n == 1 else "ies")
+    return result
 
 
-def _parse_line(line: str, where: str) -> QueryInput:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-    if not isinstance(row, dict):
-        raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    if "qid" not in row:
-        raise InputError(f"{where}: field 'qid' is missing")
-    qid = row["qid"]
-    if isinstance(qid, bool) or not isinstance(qid, (int, str)) or str(qid) == "":
-        raise InputError(f"{where}: field 'qid' must be an integer or a non-empty string")
-    query = row.get("query")
-    if not isinstance(query, str) or not query.strip():
-        raise InputError(f"{where}: field 'query' must be a non-empty string")
-    vid = row.get("vid")
-    if vid is not None and not isinstance(vid, str):
-        raise InputError(f"{where}: field 'vid' must be a string")
-    return QueryInput(str(qid), query, vid, where)
+def find_videos(inputs: list[str | Path]) -> list[VideoInput]:
+    """The videos of :func:`scan_inputs` (files and folders, searched recursively)."""
+    return scan_inputs(inputs).videos
 
 
 def read_queries(files: list[str | Path]) -> list[QueryInput]:
-    """Read QVHighlights-schema jsonl files (`qid`, `query`, optional `vid`; other fields ignored).
+    """Read QVHighlights-schema jsonl files (`qid`, `query`, optional `vid`).
 
-    A qid repeated with the same text is kept once; with a different text it is an error.
+    Each file goes through the strict checker of `r2.data` (bounded line size and nesting,
+    at most `MAX_QUERY_CHARS` characters per query, checked before any tokenising): its
+    errors stop the run, its warnings are logged once. A qid repeated in another file with
+    the same text is kept once; with a different text it is an error.
 
     Raises:
-        InputError: naming file:line and the field, for the first malformed line.
+        InputError: naming file:line and the field of the problems found.
     """
+    from r2.data.check import AnnotationError, check_file
+    from r2.data.schema import Requirements
+
     queries: dict[str, QueryInput] = {}
     for file in files:
-        path = Path(file)
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise InputError(f"{path}: cannot read annotation file ({err})") from None
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            query = _parse_line(line, f"{path}:{number}")
+            report = check_file(file, Requirements(vid=False, query=True))
+        except AnnotationError as err:
+            raise InputError(str(err)) from None
+        if report.errors:
+            raise InputError(report.error_message())
+        report.log_warnings()
+        for row in report.rows:
+            query = QueryInput(row.qid, row.data["query"], row.vid, row.where)
             seen = queries.setdefault(query.qid, query)
             if seen.text != query.text:
                 raise InputError(

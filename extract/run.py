@@ -23,7 +23,7 @@ from r2.extract.defaults import (
     DTYPE_CHOICES,
     FRAME_AT_CHOICES,
 )
-from r2.extract.inputs import InputError, find_videos, read_queries
+from r2.extract.inputs import InputError, read_queries, scan_inputs
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ class ExtractSummary:
     queries_truncated: list[str] = field(default_factory=list)  # qids cut to the context length
     frames: int = 0  # frames encoded by this run
     seconds: float = 0.0  # wall time of the run
+    files_ignored: dict[str, int] = field(default_factory=dict)  # folder scans: reason -> count
+    queries_without_video: list[str] = field(default_factory=list)  # "qid (vid)": no such video
 
     @property
     def usable(self) -> bool:
@@ -62,8 +64,34 @@ class ExtractSummary:
             + (f", {len(self.queries_truncated)} truncated" if self.queries_truncated else ""),
             f"{self.frames} frames in {self.seconds:.1f} s",
         ]
+        if self.files_ignored:
+            lines.append("files ignored by the folder scan: " + ", ".join(
+                f"{n} {reason}" for reason, n in self.files_ignored.items()))  # fmt: skip
+        if self.queries_without_video:
+            lines.append(f"queries whose video was never found (not in the inputs nor the "
+                         f"cache): {len(self.queries_without_video)}, first: "
+                         + ", ".join(self.queries_without_video[:5]))  # fmt: skip
         lines += [f"  skipped: {reason}" for _, reason in self.videos_skipped]
         return "\n".join(lines)
+
+
+def _queries_without_video(queries, videos, cache_path: Path) -> list[str]:
+    """The "qid (vid)" of the queries whose video is neither among the inputs nor in the cache
+    (TACoS annotation ids map to their "-cam-002" files)."""
+    from r2.cache import CacheError, FeatureCache
+    from r2.data.check import TACOS_CAMERA
+
+    wanted = [q for q in queries if q.vid is not None]
+    if not wanted:
+        return []
+    known = {v.vid for v in videos}
+    try:
+        with FeatureCache(cache_path) as cache:
+            known |= set(cache.video_ids())
+    except (CacheError, OSError):
+        pass  # no cache written: the inputs are all there is
+    return [f"{q.qid} ({q.vid})" for q in wanted
+            if q.vid not in known and q.vid + TACOS_CAMERA not in known]  # fmt: skip
 
 
 def default_workers() -> int:
@@ -158,7 +186,8 @@ def extract(
     _check_options(k, fps, frame_at, dtype, workers, batch_frames)
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     annotations = [annotations] if isinstance(annotations, (str, os.PathLike)) else annotations
-    videos = find_videos(inputs)
+    scan = scan_inputs(inputs)
+    videos = scan.videos
     queries = read_queries(list(annotations))
     if not videos and not queries:
         raise InputError("nothing to extract: no video files found and no queries given")
@@ -182,6 +211,8 @@ def extract(
         allow_partial=allow_partial,
         strict=strict,
     )
+    summary.files_ignored = scan.skipped_counts()
+    summary.queries_without_video = _queries_without_video(queries, videos, out)
     summary.seconds = time.perf_counter() - began
     log.info("%s", summary.report())
     return summary

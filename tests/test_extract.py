@@ -155,7 +155,7 @@ def test_duplicate_ids_and_bad_annotations_fail_before_any_work(tmp_path, videos
     with pytest.raises(InputError, match=rf"{bad}:2: field 'qid'"):
         extract([a], out, [bad], model=tiny)
     bad.write_text("{not json\n")
-    with pytest.raises(InputError, match=rf"{bad}:1: not valid JSON"):
+    with pytest.raises(InputError, match=rf"{bad}:1: invalid JSON"):
         extract([a], out, [bad], model=tiny)
     with pytest.raises(InputError, match="no such file"):
         extract([tmp_path / "missing.mp4"], out, model=tiny)

@@ -88,8 +88,11 @@ def test_missing_ids_error_with_counts_or_skip(tmp_path, caplog):
 
 def test_short_videos_and_bad_labels_are_dropped_with_counts(tmp_path, caplog):
     annos = make_annotations(6)
-    annos[0]["duration"] = 4.0  # shorter than the preset's 5 s
-    annos[1]["relevant_windows"] = [[500.0, 600.0]]  # after the end: becomes the last clip
+    annos[0].update(
+        duration=4.0, relevant_windows=[[0, 2]], relevant_clip_ids=[0], saliency_scores=[[1, 1, 1]]
+    )  # shorter than the preset's 5 s
+    end = annos[1]["duration"]
+    annos[1]["relevant_windows"] = [[end - 2, end + 100]]  # past the end: clamped (counted)
     annos[2]["saliency_scores"] = [[0, 0, 0]] * len(annos[2]["saliency_scores"])  # no positive
     cache = make_cache(tmp_path / "c.h5", annos)
     path = write_jsonl(tmp_path / "a.jsonl", annos)
@@ -103,6 +106,7 @@ def test_short_videos_and_bad_labels_are_dropped_with_counts(tmp_path, caplog):
     assert len(val) == 6  # no length filter and no labels needed for inference
     assert "dropped 1 of 6 training queries on videos shorter than 5 s" in caplog.text
     assert "skipped 1 queries with unusable labels" in caplog.text and ":3:" in caplog.text
+    assert "warning window_past_end: 1 (first: " in caplog.text and ":2 (qid 1)" in caplog.text
 
 
 @pytest.mark.parametrize(("line", "message"), [
@@ -110,12 +114,13 @@ def test_short_videos_and_bad_labels_are_dropped_with_counts(tmp_path, caplog):
     ('{"qid": 5, "duration": 10}', ":2: field 'vid'"),
     ('{"qid": 0, "vid": "v"}', ":2: field 'qid': '0' already used at"),
     ('{"qid": 9, "vid": "v", "duration": -1}', ":2: field 'duration'"),
-    ('{"qid": 9, "vid": "v", "relevant_windows": [[1, "x"]]}', ":2: field 'relevant_windows'"),
+    ('{"qid": 9, "vid": "v", "relevant_windows": [[1, "x"]]}',
+     r":2: field 'relevant_windows\[0\]'"),
     ('{"qid": 9, "vid": "v", "relevant_clip_ids": [1]}', ":2: field 'saliency_scores'"),
 ])  # fmt: skip
 def test_annotation_errors_name_file_line_and_field(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"qid": 0, "vid": "v", "duration": 10}\n' + line + "\n")
+    path.write_text('{"qid": 0, "vid": "v", "query": "q", "duration": 10}\n' + line + "\n")
     with pytest.raises(D.AnnotationError, match=message):
         D.read_annotations(path)
 

@@ -10,17 +10,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from r2.cache import FeatureCache
+from r2.data.check import LABEL_CLIP_SLACK, TACOS_CAMERA, AnnotationError
+from r2.data.check import read_annotations as read_checked
+from r2.data.schema import Requirements
 from r2.errors import UsageError
 
 from .labels import (
@@ -36,11 +36,6 @@ log = logging.getLogger(__name__)
 DURATION_TOLERANCE_S = 4.0  # annotation vs cached duration: larger gaps are reported
 MAX_LISTED = 5  # ids named in an error / warning message
 HIGHLIGHT_DATASETS = ("youtube", "tvsum")  # saliency-only labels, no windows
-TACOS_CAMERA = "-cam-002"  # suffix of the TACoS video files the annotations leave out
-
-
-class AnnotationError(UsageError, ValueError):
-    """An annotation file cannot be used; the message names file, line and field."""
 
 
 class MissingFeaturesError(UsageError, ValueError):
@@ -72,85 +67,26 @@ class Item:
 # ---------------------------------------------------------------- annotations
 
 
-def read_annotations(path: str | os.PathLike) -> list[Annotation]:
-    """Parse a JSON Lines annotation file (blank lines ignored).
+def read_annotations(
+    path: str | os.PathLike, *, strict: bool = False, what: str = "annotations"
+) -> list[Annotation]:
+    """Read a JSON Lines annotation file with the strict checker of `r2.data` (blank lines
+    ignored; the same rules as `r2 data check`).
+
+    Errors stop the run (all counted, the first few quoted with file:line:field); warnings,
+    e.g. the window repairs training applies, are logged once, with the first qids.
+
+    Args:
+        path: the annotation file.
+        strict: window repairs are errors (`r2 train --strict-anno`).
+        what: how the file is named in the warning summary.
 
     Raises:
-        AnnotationError: unreadable file, invalid JSON, or a missing/invalid field,
-            naming `file:line` and the field.
+        AnnotationError: unreadable file, invalid JSON, a limit exceeded, or a missing or
+            invalid field, naming `file:line` and the field.
     """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"{path}: cannot read annotations: {exc}") from exc
-    out, seen = [], {}
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{no}"
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AnnotationError(f"{where}: invalid JSON: {exc}") from None
-        anno = _validate(data, where)
-        if anno.qid in seen:
-            raise AnnotationError(
-                f"{where}: field 'qid': {anno.qid!r} already used at {seen[anno.qid]}"
-            )
-        seen[anno.qid] = where
-        out.append(anno)
-    if not out:
-        raise AnnotationError(f"{path}: no annotations in the file")
-    return out
-
-
-def _validate(data: Any, where: str) -> Annotation:
-    def fail(field: str, problem: str) -> AnnotationError:
-        return AnnotationError(f"{where}: field '{field}': {problem}")
-
-    if not isinstance(data, dict):
-        raise AnnotationError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    for name in ("qid", "vid"):
-        value = data.get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
-            raise fail(name, f"missing or not a string/integer id (got {value!r})")
-    duration = data.get("duration")
-    if duration is not None and (
-        isinstance(duration, bool)
-        or not isinstance(duration, (int, float))
-        or not math.isfinite(duration)
-        or duration <= 0
-    ):
-        raise fail("duration", f"must be a positive number of seconds, got {duration!r}")
-    windows = data.get("relevant_windows")
-    if windows is not None:
-        ok = (
-            isinstance(windows, list)
-            and windows
-            and all(
-                isinstance(w, list)
-                and len(w) == 2
-                and all(
-                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-                    for x in w
-                )
-                for w in windows
-            )
-        )
-        if not ok:
-            raise fail(
-                "relevant_windows",
-                f"must be a non-empty list of [start_s, end_s] numbers, got {str(windows)[:80]}",
-            )
-    ids, scores = data.get("relevant_clip_ids"), data.get("saliency_scores")
-    if (ids is None) != (scores is None):
-        raise fail("saliency_scores", "relevant_clip_ids and saliency_scores go together")
-    if ids is not None and (
-        not isinstance(ids, list) or not isinstance(scores, list) or len(ids) != len(scores)
-    ):
-        raise fail("saliency_scores", "must be a list as long as relevant_clip_ids")
-    return Annotation(data=data, where=where, qid=str(data["qid"]), vid=str(data["vid"]))
+    report = read_checked(path, Requirements(vid=True, query=True), strict=strict, what=what)
+    return [Annotation(data=r.data, where=r.where, qid=r.qid, vid=r.vid) for r in report.rows]
 
 
 # ---------------------------------------------------------------- items and labels
@@ -215,10 +151,13 @@ def build_labels(item: Item, dataset: str, fps: float) -> None:
     if dataset in HIGHLIGHT_DATASETS:
         if dataset == "tvsum":
             sal = tvsum_saliency(data["label"])
+        elif data.get("match") is None:
+            raise ValueError("YouTube Highlights training needs 'match' (-1 / 0 / 1 per clip)")
         else:
             sal = youtube_saliency(data["match"])
-        if len(sal) < t:
-            raise ValueError(f"{len(sal)} per-clip labels for {t} cached clips")
+        if len(sal) < t or len(sal) - t >= LABEL_CLIP_SLACK:
+            raise ValueError(f"{len(sal)} per-clip labels for {t} cached clips (they may "
+                             f"differ by fewer than {LABEL_CLIP_SLACK})")  # fmt: skip
         item.saliency = sal[:t]
     else:
         if data.get("relevant_windows") is None:
@@ -230,6 +169,20 @@ def build_labels(item: Item, dataset: str, fps: float) -> None:
         raise ValueError(
             f"no positive clip (all saliency labels are at or below {item.threshold:g})"
         )
+
+
+def _label_clips(anno: Annotation, n_clips: int, cut: list[str]) -> int:
+    """YouTube / TVSum: T cut to the labels when they differ by < LABEL_CLIP_SLACK clips
+    (the released pipeline cuts video and labels to the shorter); noted in `cut`."""
+    labels = anno.data.get("label")
+    if labels is None:
+        labels = anno.data.get("match")
+    if not isinstance(labels, list) or len(labels) == n_clips:
+        return n_clips
+    if abs(len(labels) - n_clips) < LABEL_CLIP_SLACK:
+        cut.append(f"{anno.vid} ({len(labels)} labels, {n_clips} clips)")
+        return min(n_clips, len(labels))
+    return n_clips
 
 
 def prepare_items(
@@ -248,7 +201,7 @@ def prepare_items(
     """
     annos = check_coverage(annos, cache, skip_missing)
     fps = cache.settings.fps
-    items, short, bad, far = [], 0, [], []
+    items, short, bad, far, cut = [], 0, [], [], []
     for a in annos:
         record = cache.video_record(a.vid)
         duration = float(a.data.get("duration") or record.duration)
@@ -257,7 +210,10 @@ def prepare_items(
             continue
         if abs(duration - record.duration) > DURATION_TOLERANCE_S:
             far.append(f"{a.vid} ({duration:g} s annotated, {record.duration:g} s cached)")
-        item = Item(anno=a, n_clips=record.n_clips, duration=duration)
+        n_clips = record.n_clips
+        if dataset in HIGHLIGHT_DATASETS:
+            n_clips = _label_clips(a, n_clips, cut)
+        item = Item(anno=a, n_clips=n_clips, duration=duration)
         if train:
             try:
                 build_labels(item, dataset, fps)
@@ -284,6 +240,12 @@ def prepare_items(
         log.warning(
             "skipped %d queries with unusable labels: %s", len(bad), "; ".join(bad[:MAX_LISTED])
         )
+    if cut:
+        log.info(
+            "%d videos: per-clip labels and cached clips differ by fewer than %d; both cut to "
+            "the shorter, as the released pipeline: %s",
+            len(cut), LABEL_CLIP_SLACK, "; ".join(cut[:MAX_LISTED]),
+        )  # fmt: skip
     if not items:
         raise AnnotationError("no usable query left (see the messages above)")
     return items

@@ -72,6 +72,14 @@ def train_command(
         list[str] | None,
         typer.Option("--config", help="Model option KEY=VALUE (R2Config field); repeatable."),
     ] = None,
+    strict_anno: Annotated[
+        bool,
+        typer.Option(
+            "--strict-anno",
+            help="Windows needing repairs (start > end, negative, "
+            "past the end, zero length) are errors, not counted warnings.",
+        ),
+    ] = False,
 ) -> None:
     """Train R²-Tuning on cached CLIP features; validates every epoch, keeps the best.
 
@@ -118,6 +126,7 @@ def train_command(
             amp=amp,
             skip_missing=skip_missing,
             config=overrides,
+            strict_anno=strict_anno,
         )
     best = summary.get("best")
     shown = "n/a" if best is None else f"{best:.2f} (epoch {summary['best_epoch']})"

@@ -188,7 +188,7 @@ class GroundingDataset(Dataset):
     def __getitem__(self, key: tuple[int, int] | int) -> Sample:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         it = self.items[i % len(self.items)]
-        video = _tensor(self.features.video(it.anno.vid), self.k)
+        video = _tensor(self.features.video(it.anno.vid), self.k)[: it.n_clips]  # labels' T
         query = _tensor(self.features.query(it.anno.qid), self.k)
         sample = Sample(
             qid=it.anno.qid,

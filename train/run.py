@@ -154,6 +154,7 @@ def train(
     skip_missing: bool = False,
     config: dict[str, Any] | None = None,
     on_step: Callable[[int], None] | None = None,
+    strict_anno: bool = False,
 ) -> dict[str, Any]:
     """Train an R² model on cached features (spec §3, §5).
 
@@ -180,6 +181,8 @@ def train(
         skip_missing: drop queries whose features are not in the cache (counted).
         config: `R2Config` field overrides (e.g. {"dims": 64, "padding_invariant": True}).
         on_step: called with the global step after every optimizer step.
+        strict_anno: training windows that need repairs (start > end, negative, past the
+            end, zero length) are errors instead of counted warnings.
 
     Returns:
         Summary dict (finished, epoch, step, best metric and epoch, paths).
@@ -228,6 +231,7 @@ def train(
             max_steps=max_steps,
             on_step=on_step,
             resume=resume,
+            strict_anno=strict_anno,
         )
         summary = loop.fit(run)
         log.info("done: %s", summary)
@@ -257,6 +261,7 @@ def _build_run(
     max_steps: int | None,
     on_step,
     resume: bool,
+    strict_anno: bool = False,
 ):
     """Data, model, optimizer and loop state of a run (restored when resuming)."""
     import torch
@@ -274,7 +279,7 @@ def _build_run(
                     cache.path, cache.settings.fps)  # fmt: skip
     cfg = _model_config(p, cache.settings, k, config)
     train_items, val_items, features, mode = _data(
-        cache, train_anno, val_anno, p, cfg.k, skip_missing, preload, dev
+        cache, train_anno, val_anno, p, cfg.k, skip_missing, preload, dev, strict_anno
     )
     settings = _settings(
         cfg,
@@ -345,7 +350,15 @@ def _build_run(
 
 
 def _data(
-    cache, train_anno: Path, val_anno, preset, k: int, skip_missing: bool, preload: str, device
+    cache,
+    train_anno: Path,
+    val_anno,
+    preset,
+    k: int,
+    skip_missing: bool,
+    preload: str,
+    device,
+    strict_anno: bool = False,
 ):
     """Prepare train/val items and their feature sources (cache file or preloaded)."""
     from r2.evaluate.records import parse_ground_truth, rows_from_dicts
@@ -359,7 +372,7 @@ def _data(
     )
 
     train_items = prepare_items(
-        read_annotations(train_anno),
+        read_annotations(train_anno, strict=strict_anno, what="training annotations"),
         cache,
         preset.name,
         train=True,
@@ -369,7 +382,11 @@ def _data(
     val_items = None
     if val_anno is not None:
         val_items = prepare_items(
-            read_annotations(val_anno), cache, preset.name, train=False, skip_missing=skip_missing
+            read_annotations(val_anno, what="validation annotations"),
+            cache,
+            preset.name,
+            train=False,
+            skip_missing=skip_missing,
         )
         # fail now, not after the first epoch, if the val file cannot be scored
         parse_ground_truth(

@@ -1,0 +1,144 @@
+"""`r2 data ...`: convert the benchmarks' original releases, check annotation files.
+
+r2 data convert charades ../raw/charades_sta --out data/charades
+r2 data convert youtube ../raw/youtube_highlights --out data/youtube [--query domain]
+r2 data check data/charades/charades_train.jsonl [--cache cache/charades.h5]
+r2 data compare data/tvsum/tvsum_val.jsonl lighthouse/tvsum_val_release.jsonl
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from r2.errors import EXIT_CODES_EPILOG, EXIT_USAGE, cli_errors
+
+data_app = typer.Typer(
+    no_args_is_help=True,
+    help="Datasets: convert the benchmarks' original releases, check annotation files.",
+)
+convert_app = typer.Typer(
+    no_args_is_help=True,
+    help="Convert a benchmark's original release into QVHighlights-schema jsonl, one per split.",
+)
+data_app.add_typer(convert_app, name="convert")
+
+Sources = Annotated[list[Path], typer.Argument(help="Release files and/or their folder.")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder ({dataset}_{split}.jsonl).")]
+Splits = Annotated[
+    Path | None,
+    typer.Option("--splits", help="domain_splits.json-style lists (default: the released ones)."),
+]
+
+
+def _run(convert, *args, **kwargs) -> None:
+    with cli_errors():
+        result = convert(*args, **kwargs)
+    typer.echo(result.summary())
+    typer.echo(f"report: {result.report}")
+
+
+@convert_app.command("charades", epilog=EXIT_CODES_EPILOG)
+def charades_command(sources: Sources, out: Out) -> None:
+    """Charades-STA: charades_sta_{train,test}.txt + Charades_v1_{train,test}.csv (durations)."""
+    from .charades import convert_charades
+
+    _run(convert_charades, sources, out)
+
+
+@convert_app.command("tacos", epilog=EXIT_CODES_EPILOG)
+def tacos_command(sources: Sources, out: Out) -> None:
+    """TACoS: {train,val,test}.json (timestamps in frames)."""
+    from .tacos import convert_tacos
+
+    _run(convert_tacos, sources, out)
+
+
+@convert_app.command("ego4d", epilog=EXIT_CODES_EPILOG)
+def ego4d_command(sources: Sources, out: Out) -> None:
+    """Ego4D-NLQ: nlq_{train,val}.json (and nlq_test_unannotated.json); one row per query,
+    the clip as the video."""
+    from .ego4d import convert_ego4d
+
+    _run(convert_ego4d, sources, out)
+
+
+@convert_app.command("youtube", epilog=EXIT_CODES_EPILOG)
+def youtube_command(
+    sources: Sources,
+    out: Out,
+    query: Annotated[
+        str, typer.Option(help="Query text: title (as released) | domain (the unified files).")
+    ] = "title",
+    videos: Annotated[
+        Path | None,
+        typer.Option("--videos", help="Folder of the videos: exact durations and per-video fps."),
+    ] = None,
+    splits: Splits = None,
+) -> None:
+    """YouTube Highlights: the release folder (six domain folders); per-video fps so that
+    there is one clip per label."""
+    from .youtube import QUERY_CHOICES, convert_youtube
+
+    if query not in QUERY_CHOICES:
+        raise typer.BadParameter(f"must be one of {', '.join(QUERY_CHOICES)}", param_hint="--query")
+    _run(convert_youtube, sources, out, query=query, videos=videos, splits=splits)
+
+
+@convert_app.command("tvsum", epilog=EXIT_CODES_EPILOG)
+def tvsum_command(sources: Sources, out: Out, splits: Splits = None) -> None:
+    """TVSum: ydata-tvsum50.mat; per-2-s-clip scores of the 20 annotators."""
+    from .tvsum import convert_tvsum
+
+    _run(convert_tvsum, sources, out, splits=splits)
+
+
+@data_app.command("check", epilog=EXIT_CODES_EPILOG)
+def check_command(
+    file: Annotated[Path, typer.Argument(help="Annotation file (JSON Lines).")],
+    cache: Annotated[
+        Path | None,
+        typer.Option("--cache", help="Also check against this feature cache (ids, texts, T)."),
+    ] = None,
+    summary: Annotated[
+        bool, typer.Option("--summary", help="Counts per kind only, not every problem.")
+    ] = False,
+) -> None:
+    """Every problem of an annotation file with file:line:field; exit 2 when there are errors.
+
+    Errors stop `r2 train` and `r2 eval` too; warnings are repairs training applies
+    (fatal with `r2 train --strict-anno`) or facts worth knowing.
+    """
+    from .check import check_annotations
+
+    with cli_errors():
+        report = check_annotations(file, cache)
+    if not summary:
+        for p in report.problems:
+            typer.echo(f"{p.severity}: {p}")
+    for line in report.summary():
+        typer.echo(line)
+    against = f" (cache {cache})" if cache else ""
+    typer.echo(f"{file}: {len(report.rows):,} rows, {len(report.errors):,} errors, "
+               f"{len(report.warnings):,} warnings{against}")  # fmt: skip
+    if report.errors:
+        raise typer.Exit(EXIT_USAGE)
+
+
+@data_app.command("compare", epilog=EXIT_CODES_EPILOG)
+def compare_command(
+    ours: Annotated[Path, typer.Argument(help="A converted file.")],
+    reference: Annotated[Path, typer.Argument(help="An independent conversion of the same split.")],
+) -> None:
+    """Agreement of two annotation files as multisets of (video, query, windows / labels)."""
+    from .compare import compare_files
+
+    with cli_errors():
+        result = compare_files(ours, reference)
+    typer.echo(str(result))
+    for side, keys in (("only in the reference", result.only_reference),
+                       ("only in ours", result.only_ours)):  # fmt: skip
+        for key in keys:
+            typer.echo(f"  {side}: vid {key[0]!r}, query {key[1][:60]!r}, windows {key[2][:3]}")
