@@ -83,6 +83,7 @@ def eval_command(
     """Score predictions against ground truth with the benchmark's official metrics."""
     from r2.errors import cli_errors
     from r2.evaluate import DATASETS, evaluate
+    from r2.evaluate.paper import split_of
     from r2.evaluate.report import format_metrics
 
     if checkpoint is not None:
@@ -100,7 +101,7 @@ def eval_command(
         metrics = evaluate(
             pred, gt, dataset, allow_partial=allow_partial, by_query_length=by_query_length
         )
-    typer.echo(format_metrics(metrics, dataset))
+    typer.echo(format_metrics(metrics, dataset, split_of(gt)))
     if out is not None:
         _write_json(out, metrics)
         typer.echo(f"metrics written to {out}")
@@ -111,6 +112,7 @@ def _checkpoint_mode(
 ) -> None:
     """`r2 eval --checkpoint`: inference over a split, submission file, metrics if labelled."""
     from r2.errors import cli_errors
+    from r2.evaluate.paper import split_of
     from r2.evaluate.report import format_metrics
     from r2.evaluate.split import evaluate_checkpoint
 
@@ -129,7 +131,7 @@ def _checkpoint_mode(
     if result.metrics is None:
         typer.echo(f"{anno} has no ground truth: submission written, no metrics")
     else:
-        typer.echo(format_metrics(result.metrics, result.dataset))
+        typer.echo(format_metrics(result.metrics, result.dataset, split_of(anno)))
     typer.echo(f"predictions: {result.predictions_path}")
     if result.metrics_path:
         typer.echo(f"metrics: {result.metrics_path}")

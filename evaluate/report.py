@@ -79,8 +79,48 @@ def _highlights(m: dict[str, float], dataset: str) -> list[str]:
     return _table([*domains, "Avg"], [(label, [m[f"mAP-{d}"] for d in domains] + [m["mAP"]])])
 
 
-def format_metrics(metrics: dict[str, float], dataset: str) -> str:
-    """A multi-line, human-readable report of :func:`r2.evaluate.evaluate`'s result."""
+QVH_TABLE1 = ["R1@0.5", "R1@0.7", "mAP@0.5", "mAP@0.75", "mAP", "HD-mAP", "HIT@1"]
+GROUNDING_COLUMNS = ["R1@0.3", "R1@0.5", "R1@0.7", "mIoU"]
+
+
+def _difference(ours: list[float | None], paper: list[float | None]) -> list[float | None]:
+    return [None if a is None or b is None else a - b for a, b in zip(ours, paper, strict=True)]
+
+
+def paper_comparison(metrics: dict[str, float], dataset: str, split: str | None) -> list[str]:
+    """This evaluation next to the published R²-Tuning numbers, in the paper's layout
+    (Table 1 for QVHighlights test: MR R1@0.5/0.7, mAP@0.5/0.75/Avg, HD >= Very Good mAP and
+    HIT@1); empty when the paper reports nothing for this dataset and split."""
+    from r2.evaluate.paper import published
+
+    found = published(dataset, split)
+    if found is None:
+        return []
+    table, paper = found
+    if dataset == "qvhighlights":
+        columns = QVH_TABLE1
+    elif dataset in ("youtube", "tvsum"):
+        columns = [k for k in paper if k != "mAP"] + ["mAP"]
+    else:
+        columns = GROUNDING_COLUMNS
+    ours = [metrics.get(c) for c in columns]
+    published_row = [paper.get(c) for c in columns]
+    if dataset == "qvhighlights":  # Table 1: MR (R1, mAP), HD >= Very Good (mAP, HIT@1)
+        names = ["MR R1@0.5", "R1@0.7", "mAP@0.5", "mAP@0.75", "Avg. mAP", "HD mAP", "HIT@1"]
+    else:
+        names = [c.removeprefix("mAP-") if c != "mAP" else "Avg." for c in columns]
+    title = f"{TITLES.get(dataset, dataset)} {split}: paper {table} layout (R²-Tuning, CLIP B/32)"
+    rows = [
+        ("R²-Tuning (paper)", published_row),
+        ("this evaluation", ours),
+        ("difference", _difference(ours, published_row)),
+    ]
+    return ["", title, *_table(names, rows)]
+
+
+def format_metrics(metrics: dict[str, float], dataset: str, split: str | None = None) -> str:
+    """A multi-line, human-readable report of :func:`r2.evaluate.evaluate`'s result; with
+    the split of a benchmark the paper reports, its published numbers beside ours."""
     lines = [f"{TITLES.get(dataset, dataset)}: {metrics.get('n_queries', '?')} queries scored"]
     if dataset == "qvhighlights":
         lines += _qvh(metrics)
@@ -91,4 +131,5 @@ def format_metrics(metrics: dict[str, float], dataset: str) -> str:
     counts = {k: v for k, v in metrics.items() if k.startswith("n_") and k != "n_queries" and v}
     if counts:
         lines.append("Counts: " + ", ".join(f"{k} = {v}" for k, v in counts.items()))
+    lines += paper_comparison(metrics, dataset, split)
     return "\n".join(lines)
