@@ -79,8 +79,9 @@ def test_query_length_is_checked_before_tokenising(tmp_path):
 def test_three_million_windows_never_reach_training(tmp_path):
     """The line that drove `r2 train` to 19 GB: refused by size before it is parsed."""
     windows = ",".join(["[1.5,2.5]"] * 3_000_000)
-    path = _file(tmp_path, '{"qid": 2, "vid": "v", "query": "q", "relevant_windows": [' + windows
-                 + "]}\n")  # fmt: skip
+    path = _file(
+        tmp_path, '{"qid": 2, "vid": "v", "query": "q", "relevant_windows": [' + windows + "]}\n"
+    )
     with pytest.raises(AnnotationError, match=rf"{path}:2: line longer than"):
         read_annotations(path)
 
@@ -92,12 +93,15 @@ def test_windows_per_query_limit(tmp_path):
         read_annotations(path)
 
 
-@pytest.mark.parametrize(("line", "message"), [
-    ('{"qid": 2, "vid": "v", "query": "q", "duration": ' + "9" * 5000 + "}", "invalid JSON"),
-    (b'{"qid": 2, "vid": "v", "query": "\xff"}', "not UTF-8"),
-    ('{"qid": 2, "vid": "v", "query": "q", "duration": 1e999}', "field 'duration'"),
-    ('{"qid": ' + "9" * 600 + ', "vid": "v", "query": "q"}', "field 'qid': 600 characters"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"qid": 2, "vid": "v", "query": "q", "duration": ' + "9" * 5000 + "}", "invalid JSON"),
+        (b'{"qid": 2, "vid": "v", "query": "\xff"}', "not UTF-8"),
+        ('{"qid": 2, "vid": "v", "query": "q", "duration": 1e999}', "field 'duration'"),
+        ('{"qid": ' + "9" * 600 + ', "vid": "v", "query": "q"}', "field 'qid': 600 characters"),
+    ],
+)
 def test_odd_values_give_line_errors(tmp_path, line, message):
     path = _file(tmp_path, line)
     with pytest.raises(AnnotationError, match=f"{path}:2: {message}"):
