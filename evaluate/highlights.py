@@ -14,10 +14,13 @@ same procedure as UMT and lighthouse):
   them). A domain's mAP is the mean over annotators of the mean over its videos.
 - The reported ``mAP`` is the unweighted mean of the domain values. Percentages, 2 decimals.
 
-Differences from the original, all documented choices for inputs it never produces:
-ties in saliency are ranked in clip order (stable; torch's unstable sort gives an
-arbitrary order); a saliency list longer than the video is truncated; a shorter one ranks
-the missing clips last in clip order; an empty list scores AP 0.
+A saliency list shorter than the labels (the released pipeline cuts a video and its labels
+to the shorter when they differ by fewer than 5 clips, and so does r2's inference) is scored
+as the original does: only the predicted clips are ranked (`label[argsort(saliency)]`), the
+TVSum medians still come from all of the video's labels. Differences from the original,
+documented choices for inputs it never produces: ties in saliency are ranked in clip order
+(stable; torch's unstable sort gives an arbitrary order); a saliency list longer than the
+video is truncated; an empty list scores AP 0.
 """
 
 from __future__ import annotations
@@ -38,11 +41,9 @@ TVSUM_TOP_K = 5  # TVSum AP looks at the 5 best-ranked clips only
 
 
 def rank_clips(saliency: np.ndarray, n_clips: int) -> np.ndarray:
-    """Clip indices best first: stable descending sort of the first ``n_clips`` scores,
-    then any clip without a score, in clip order."""
-    scores = saliency[:n_clips]
-    order = np.argsort(-scores, kind="stable")
-    return np.r_[order, np.arange(len(scores), n_clips)].astype(int)
+    """Indices of the scored clips best first: stable descending sort of the first
+    ``n_clips`` scores (clips without a score are not ranked, as in the original)."""
+    return np.argsort(-saliency[:n_clips], kind="stable").astype(int)
 
 
 def youtube_ap(label: np.ndarray, saliency: np.ndarray) -> float:

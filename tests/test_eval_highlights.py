@@ -48,12 +48,16 @@ def test_youtube_per_domain_and_average():
 
 
 def test_saliency_length_mismatch_and_empty():
-    # longer: truncated to the video's clips; shorter: missing clips ranked last.
+    # longer: truncated to the video's clips; shorter: only the scored clips are ranked
+    # (the original's label[argsort(saliency)], as after cutting video and labels)
     assert np.array_equal(rank_clips(np.array([0.1, 0.9, 0.5, 7.0]), 3), [1, 2, 0])
-    assert np.array_equal(rank_clips(np.array([0.1, 0.9]), 4), [1, 0, 2, 3])
+    assert np.array_equal(rank_clips(np.array([0.1, 0.9]), 4), [1, 0])
     gts = [_yt("a", [0, 0, 1], "dog")]
-    # clip 2 ranks 3rd: recall 1 at precision 1/3 after two misses -> (0 + 1/3) / 2
-    assert evaluate_records([_sal("a", [0.1, 0.9])], gts, dataset="youtube")["mAP"] == 16.67
+    # the positive clip 2 was cut: no positive among the ranked clips -> AP 0
+    assert evaluate_records([_sal("a", [0.1, 0.9])], gts, dataset="youtube")["mAP"] == 0.0
+    gts = [_yt("a", [0, 1, 1], "dog")]
+    # ranked clips 1 (positive), 0: num_gt counts the ranked positives only -> AP 1
+    assert evaluate_records([_sal("a", [0.1, 0.9])], gts, dataset="youtube")["mAP"] == 100.0
     assert (
         evaluate_records([_sal("a", [0.1, 0.2, 0.9, 5.0])], gts, dataset="youtube")["mAP"] == 100.0
     )
@@ -72,6 +76,17 @@ def test_tvsum_top5_ap_by_hand():
     gts = [{"qid": "v", "label": label.tolist(), "domain": "BK"}]
     m = evaluate_records([_sal("v", saliency.tolist())], gts, dataset="tvsum")
     assert m["mAP-BK"] == m["mAP"] == 61.25  # (.225 + 1) / 2
+
+
+def test_tvsum_shorter_prediction_keeps_the_full_video_median():
+    # annotator 0: 1,2,3,4,5,5,5 -> lower median 4 (all 7 clips) -> positives clips 4,5,6;
+    # 6 predicted clips ranked 5,4,3,2,1,0: top 5 = clips 5,4,3,2,1 -> 1,1,0,0,0 -> AP 1
+    label = np.array([[1], [2], [3], [4], [5], [5], [5]], dtype=float)
+    saliency = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    assert np.allclose(tvsum_ap(label, saliency), [1.0])
+    # with the median of the 6 predicted clips only (3), clip 3 would be positive too
+    assert np.allclose(tvsum_ap(label[:6], saliency), [1.0])
+    assert tvsum_ap(label, saliency[:2]).tolist() == [0.0]  # clips 0, 1: no positive
 
 
 def test_tvsum_all_equal_labels_score_zero():

@@ -102,7 +102,8 @@ def tvsum_saliency(anno: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
 
 
 def youtube_saliency(match: Sequence[float] | np.ndarray) -> np.ndarray:
-    """YouTube Highlights labels: per-clip match in {−1, 1} -> (match + 1) / 2, float32."""
+    """YouTube Highlights labels: per-clip match in {−1, 0, 1} -> (match + 1) / 2, float32
+    (a borderline 0 becomes 0.5, which is not a positive: positives are > 0.5)."""
     return ((np.asarray(match, dtype=np.float32) + 1) / 2).astype(np.float32)
 
 
