@@ -185,6 +185,13 @@ def _label_clips(anno: Annotation, n_clips: int, cut: list[str]) -> int:
     return n_clips
 
 
+def _log_cut(cut: list[str]) -> None:
+    if cut:
+        log.info("%d videos: per-clip labels and cached clips differ by fewer than %d; both "
+                 "cut to the shorter, as the released pipeline: %s", len(cut),
+                 LABEL_CLIP_SLACK, "; ".join(cut[:MAX_LISTED]))  # fmt: skip
+
+
 def prepare_items(
     annos: list[Annotation],
     cache: FeatureCache,
@@ -240,12 +247,7 @@ def prepare_items(
         log.warning(
             "skipped %d queries with unusable labels: %s", len(bad), "; ".join(bad[:MAX_LISTED])
         )
-    if cut:
-        log.info(
-            "%d videos: per-clip labels and cached clips differ by fewer than %d; both cut to "
-            "the shorter, as the released pipeline: %s",
-            len(cut), LABEL_CLIP_SLACK, "; ".join(cut[:MAX_LISTED]),
-        )  # fmt: skip
+    _log_cut(cut)
     if not items:
         raise AnnotationError("no usable query left (see the messages above)")
     return items
