@@ -12,7 +12,7 @@ Known defects, repaired the documented way and counted in the repair table:
 - start > end (4 train rows: LEOL6, IOL8Q, AKKWU twice): dropped, as the reference
   conversion (Lighthouse / UniVTG) and hence the released R²-Tuning files drop them;
 - window ending after the video's length (1,805 train and 562 test rows): end clamped to
-  the length;
+  the length (1,802 train rows: the other 3 are among the 4 dropped above);
 - video without a length in the CSVs, empty sentence: dropped (none in the release).
 
 Agreement with `../testdata/datasets/unified/charades` (multisets of (vid, normalised
