@@ -20,7 +20,7 @@ maximum length. `benchmarks/long_video.py` measures it on 15-minute to 2-hour vi
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from r2.extract.decode import VideoError, iter_clip_frames
 from r2.extract.defaults import CPU_BATCH_FRAMES, GPU_BATCH_FRAMES
 from r2.extract.encode import ClipEncoder
 from r2.train.batch import one_video_batch
-from r2.train.checkpoint import load_checkpoint
+from r2.train.checkpoint import load_checkpoint, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class Prediction:
     fps: float
     moments: list[Moment]
     saliency: np.ndarray  # (T,) in [0, 1]: how well each clip matches the query
+    truncated: bool = False  # the query was cut to CLIP's context length (77 tokens)
 
 
 class R2Predictor:
@@ -92,6 +93,7 @@ class R2Predictor:
         self.unit = preset.get("unit")
         self.nms = preset.get("nms", "normal")
         self.nms_threshold = float(preset.get("nms_threshold", 0.7))
+        self.checkpoint: Path | None = None  # the weights file, set by from_pretrained
 
     @classmethod
     def from_pretrained(
@@ -100,7 +102,8 @@ class R2Predictor:
         """Load a checkpoint and the CLIP model its cache was extracted with.
 
         Args:
-            checkpoint: `runs/NAME/best.safetensors` (its `.json` sits beside it) or the run folder.
+            checkpoint: `runs/NAME/best.safetensors` (its `.json` sits beside it), the run
+                folder, or `official:NAME` for a released checkpoint (r2.zoo; `r2 models`).
             device: "auto" (CUDA when available), "cpu" or "cuda[:i]".
             clip_model: override where the CLIP weights are loaded from (a local folder holding the
                 same model); the checkpoint's recorded model id is used otherwise.
@@ -109,7 +112,8 @@ class R2Predictor:
             A predictor ready for `encode_video` and `predict`.
         """
         device = _resolve_device(device)
-        model, meta = load_checkpoint(checkpoint, device=device)
+        path = resolve_path(checkpoint)
+        model, meta = load_checkpoint(path, device=device)
         settings = meta["cache_settings"]
         encoder = ClipEncoder.load(
             clip_model or settings["model_id"],
@@ -125,15 +129,24 @@ class R2Predictor:
                 f"training features: {'; '.join(mismatches)}"
             )
         log.info("loaded %s with CLIP %s on %s", checkpoint, encoder.settings.model_id, device)
-        return cls(model, meta, encoder, device)
+        predictor = cls(model, meta, encoder, device)
+        predictor.checkpoint = path
+        return predictor
 
-    def encode_video(self, path: str | Path, *, allow_partial: bool = False) -> VideoFeatures:
+    def encode_video(
+        self,
+        path: str | Path,
+        *,
+        allow_partial: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> VideoFeatures:
         """Decode and CLIP-encode a video in chunks (memory bounded by the features).
 
         Args:
             path: a video file any FFmpeg build reads.
             allow_partial: for a file that fails to decode midway, keep the clips decoded so
                 far (`partial` is then True) instead of raising.
+            progress: called as progress(clips_done, clips_total) after each chunk.
 
         Raises:
             VideoError: the file cannot be opened or decoded; one line naming it and why.
@@ -158,9 +171,13 @@ class R2Predictor:
                     features = _put(features, filled, self.encoder.encode_frames(buffer))
                     filled, n = filled + n, 0
                     bar.update(chunk)
+                    if progress is not None:
+                        progress(filled, max(shape[0], filled))
             if n:
                 features = _put(features, filled, self.encoder.encode_frames(buffer[:n]))
                 filled += n
+                if progress is not None:
+                    progress(filled, max(shape[0], filled))
         if filled == 0:
             raise VideoError(f"{path}: no frames could be decoded")
         features = features[:filled]  # (T, K, P, Dv) float16
@@ -197,9 +214,17 @@ class R2Predictor:
         result equals `predict(video, query)`."""
         if isinstance(queries, str):
             raise TypeError("predict_many takes a list of queries (use predict for one)")
+        queries = check_queries(queries)
         if not isinstance(video, VideoFeatures):
             video = self.encode_video(video)
-        texts = self.encoder.encode_texts(list(queries))
+        return self.predict_encoded(video, queries, self.encoder.encode_texts(queries), top)
+
+    @torch.inference_mode()
+    def predict_encoded(
+        self, video: VideoFeatures, queries: Sequence[str], texts: Sequence, top: int | None = None
+    ) -> list[Prediction]:
+        """`predict_many` with the queries already encoded (`self.encoder.encode_texts`), for
+        callers asking the same queries of many videos (r2.batch)."""
         duration = min(video.duration, video.features.shape[0] / video.fps)
         feats = torch.from_numpy(video.features)  # (T, K, P, Dv), no copy
         per_pass = max(1, min(QUERIES_PER_PASS, CLIP_QUERIES_PER_PASS // len(feats)))
@@ -209,8 +234,12 @@ class R2Predictor:
             batch = one_video_batch(feats, group, video.fps, duration, Path(video.path).stem)
             batch = batch.to(self.device)
             raws = self.model.predict(self.model(batch), batch)
-            for query, raw in zip(queries[g : g + per_pass], raws, strict=True):
-                results.append(self._result(query, raw, duration, video.fps, top))
+            for query, text, raw in zip(
+                queries[g : g + per_pass], texts[g : g + per_pass], raws, strict=True
+            ):
+                result = self._result(query, raw, duration, video.fps, top)
+                result.truncated = bool(text.truncated)
+                results.append(result)
         return results
 
     def _result(self, query: str, raw, duration: float, fps: float, top: int | None):
@@ -226,6 +255,17 @@ class R2Predictor:
         return Prediction(query, duration, fps, moments[:top] if top else moments, saliency)
 
 
+def check_queries(queries: Sequence[str]) -> list[str]:
+    """The queries as a list; raises ValueError for none at all or an empty/blank one."""
+    queries = list(queries)
+    if not queries:
+        raise ValueError("no query given: predict_many needs at least one query")
+    for i, query in enumerate(queries, 1):
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"query {i} is empty or blank: give a sentence to search for")
+    return queries
+
+
 def _put(features: np.ndarray, at: int, part: np.ndarray) -> np.ndarray:
     """Write `part` at row `at`, growing `features` if decoding found more clips than probed."""
     if at + len(part) > len(features):
@@ -239,6 +279,10 @@ def _put(features: np.ndarray, at: int, part: np.ndarray) -> np.ndarray:
 def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this torch build sees no CUDA GPU")
     return device
 
 

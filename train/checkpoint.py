@@ -101,7 +101,12 @@ def _json_default(obj: Any) -> Any:
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
-    """`runs/x` -> `runs/x/best.safetensors`; `runs/x/best` or `best.json` -> `.safetensors`."""
+    """`runs/x` -> `runs/x/best.safetensors`; `runs/x/best` or `best.json` -> `.safetensors`;
+    `official:NAME` -> the released checkpoint NAME, fetched and converted once (r2.zoo)."""
+    if str(path).startswith("official:"):
+        from r2.zoo import fetch
+
+        return fetch(str(path))
     p = Path(path)
     if p.is_dir():
         return p / f"best{WEIGHTS_SUFFIX}"

@@ -168,13 +168,18 @@ def official_cache_settings(fps: float, cfg: R2Config):
 
 
 def convert_checkpoint(
-    src: str | Path, dst: str | Path, preset: str = "qvhighlights", **overrides
+    src: str | Path,
+    dst: str | Path,
+    preset: str = "qvhighlights",
+    extra_meta: dict | None = None,
+    **overrides,
 ) -> R2Model:
     """Convert an original checkpoint to an r2 checkpoint at `dst` (safetensors + JSON).
 
     The metadata records the model config (read from the tensor shapes), the dataset
     preset (post-processing at inference) and the original release's feature settings, so
     `r2 predict` / `r2 eval --checkpoint` can use the converted weights directly.
+    `extra_meta` is stored beside it (e.g. the source file's hash, see r2.zoo).
     """
     from .checkpoint import build_meta, save_checkpoint
     from .config import get_preset
@@ -185,7 +190,7 @@ def convert_checkpoint(
     load_official_state_dict(model, sd)
     ds = get_preset(preset)
     settings = official_cache_settings(ds.fps or 0.5, cfg)
-    meta = build_meta(cfg, ds, settings, converted_from=Path(src).name)
+    meta = build_meta(cfg, ds, settings, converted_from=Path(src).name, **(extra_meta or {}))
     path = save_checkpoint(dst, model, meta)
     log.info("converted %s (%d tensors) -> %s", src, len(model.state_dict()), path)
     return model
