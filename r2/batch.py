@@ -228,9 +228,8 @@ class _Predicting:
         from r2.api import VideoFeatures
 
         queries = self.todo[record.vid]
-        video = VideoFeatures(
-            record.path, features, record.duration, self.predictor.fps, record.partial
-        )
+        fps = getattr(record, "fps", None) or self.predictor.fps
+        video = VideoFeatures(record.source, features, record.duration, fps, record.partial)
         began = time.perf_counter()
         texts = [q.text for q in queries]
         preds = self.predictor.predict_encoded(

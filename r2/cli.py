@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from r2.app_cli import app_command
 from r2.data.cli import data_app
 from r2.errors import EXIT_CODES_EPILOG
 from r2.evaluate.cli import eval_command
@@ -33,6 +34,7 @@ app.command("convert", epilog=EXIT_CODES_EPILOG)(convert_command)
 app.add_typer(data_app, name="data")
 app.command("models", epilog=EXIT_CODES_EPILOG)(models_command)
 app.command("predict", epilog=EXIT_CODES_EPILOG)(predict_command)
+app.command("app", epilog=EXIT_CODES_EPILOG)(app_command)
 
 
 @app.callback()

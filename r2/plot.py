@@ -96,16 +96,13 @@ def _lanes(ax, moments, duration: float) -> None:
             alpha=0.3 + 0.7 * m.score / max(moments[0].score, 1e-9),
         )
         label = f"#{rank + 1}  {m.start:.1f}-{m.end:.1f} s  {m.score:.2f}"
-        right = m.end < 0.7 * duration  # keep the label inside the frame
-        ax.text(
-            m.end if right else m.start,
-            y,
-            f" {label} " if right else f"{label} ",
-            ha="left" if right else "right",
-            va="center",
-            fontsize=7,
-            clip_on=True,
-        )
+        if m.end < 0.7 * duration:  # keep the label inside the frame: after the bar,
+            x, text, ha = m.end, f" {label}", "left"
+        elif m.start > 0.3 * duration:  # before it,
+            x, text, ha = m.start, f"{label} ", "right"
+        else:  # or on it
+            x, text, ha = m.start, f" {label}", "left"
+        ax.text(x, y, text, ha=ha, va="center", fontsize=7, clip_on=True)
     ax.set_yticks([])
     ax.set_ylim(0.4, max(len(moments), 1) + 0.6)
     ax.set_ylabel("top", fontsize=8)
