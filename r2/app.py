@@ -22,6 +22,8 @@ import ipaddress
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -185,6 +187,8 @@ def run_app(
 
     _check_host(host)
     upload_dir = Path(tempfile.mkdtemp(prefix="r2-app-"))
+    with contextlib.suppress(ValueError):  # (only possible in the main thread)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` removes the uploads too
     try:
         gr = _import_gradio(upload_dir)
         engine = AppEngine(
