@@ -20,6 +20,7 @@ from r2.evaluate.cli import eval_command
 from r2.extract.cli import extract_command
 from r2.models_cli import models_command
 from r2.predict_cli import predict_command
+from r2.summarize_cli import summarize_command
 from r2.train.cli import convert_command, train_command
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ app.add_typer(data_app, name="data")
 app.command("models", epilog=EXIT_CODES_EPILOG)(models_command)
 app.command("predict", epilog=EXIT_CODES_EPILOG)(predict_command)
 app.command("app", epilog=EXIT_CODES_EPILOG)(app_command)
+app.command("summarize", epilog=EXIT_CODES_EPILOG)(summarize_command)
 
 
 @app.callback()
