@@ -60,13 +60,13 @@ class AppEngine:
         *,
         videos_dir=None,
         truth=None,
-        cache_mb: int = DEFAULT_CACHE_MB,
+        cache_mb: float = DEFAULT_CACHE_MB,
         allow_partial: bool = False,
     ):
         self.predictor = predictor
         self.videos_dir = Path(videos_dir).resolve() if videos_dir else None
         self.truth = truth
-        self.max_bytes = int(cache_mb) * 2**20
+        self.max_bytes = int(cache_mb * 2**20)
         self.allow_partial = allow_partial
         self._features: OrderedDict[str, object] = OrderedDict()
         self._hashes: dict[tuple, str] = {}
