@@ -1,7 +1,7 @@
 """What `r2 predict` writes: the JSON result file, WebVTT chapters and batch result rows.
 
-JSON (`r2 predict VIDEO Q... --json out.json`), schema "r2.predict/1": a list with one object
-per query, in the order given::
+JSON (`r2 predict VIDEO Q... --json out.json`): a list with one object per query, in the
+order given::
 
     {"query": str,            # as typed
      "video": str,            # the path given

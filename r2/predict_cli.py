@@ -50,8 +50,8 @@ def predict_command(
         Path | None,
         typer.Option(
             "--json",
-            help="Results as JSON (schema r2.predict/1, see r2/export.py): "
-            "per query, moments [start_s, end_s, score] and per-clip saliency "
+            help="Results as JSON (schema in r2/export.py): per query, moments as "
+            "(start_s, end_s, score) and per-clip saliency "
             "(clip i = seconds i/fps to (i+1)/fps), times in ms precision.",
         ),
     ] = None,
