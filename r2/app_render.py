@@ -55,6 +55,14 @@ def jpeg_data_url(image: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def _y_range(series: list[np.ndarray]) -> tuple[float, float]:
+    """The y-axis range: the data's, with a margin."""
+    data = np.concatenate(series) if sum(len(v) for v in series) else np.zeros(1)
+    lo, hi = float(data.min()), float(data.max())
+    pad = max(hi - lo, 0.05) * 0.08
+    return lo - pad, hi + pad
+
+
 def _tick_step(duration: float) -> float:
     return next((s for s in TICK_STEPS_S if duration / s <= MAX_TICKS), TICK_STEPS_S[-1])
 
@@ -64,15 +72,10 @@ def curve_svg(pred, truth, uid: str, top: int) -> str:
     sal = np.asarray(pred.saliency, dtype=np.float64)
     duration = max(float(pred.duration), 1e-6)
     width, height = SVG_W - MARGIN_L - MARGIN_R, SVG_H - MARGIN_T - MARGIN_B
-    values = [sal]
     gt_sal = None
     if truth is not None and truth.clip_saliency:
         gt_sal = np.array([truth.clip_saliency.get(i, 0.0) for i in range(len(sal))])
-        values.append(gt_sal)
-    data = np.concatenate(values) if len(sal) else np.zeros(1)
-    lo, hi = float(data.min()), float(data.max())
-    pad = max(hi - lo, 0.05) * 0.08
-    lo, hi = lo - pad, hi + pad
+    lo, hi = _y_range([sal] if gt_sal is None else [sal, gt_sal])
 
     def x(t: float) -> float:
         return MARGIN_L + min(max(t / duration, 0.0), 1.0) * width

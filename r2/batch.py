@@ -269,6 +269,34 @@ def _todo(per_video, done, summary) -> dict[str, list[BatchQuery]]:
     return todo
 
 
+def _run_pipeline(predictor, encoder, writer, pending, out: Path, workers, allow_partial):
+    """Decode `pending` in worker processes while `encoder` runs; `writer` gets each video."""
+    from r2.extract.defaults import CPU_BATCH_FRAMES, GPU_BATCH_FRAMES
+    from r2.extract.pipeline import run_videos
+    from r2.extract.run import default_workers
+    from r2.extract.spill import SPILL_BYTES
+    from r2.extract.workers import DecodeOptions, DecodeSource
+
+    spill_dir = out.with_name(f".{out.name}.frames-{os.getpid()}")  # long videos' frames
+    opts = DecodeOptions(
+        predictor.fps,
+        predictor.image_size,
+        predictor.frame_at,
+        allow_partial,
+        str(spill_dir),
+        SPILL_BYTES,
+    )
+    source = DecodeSource(pending, opts, default_workers() if workers is None else workers)
+    try:
+        spill_dir.mkdir(parents=True, exist_ok=True)
+        source.prime()
+        batch = GPU_BATCH_FRAMES if encoder.device.type == "cuda" else CPU_BATCH_FRAMES
+        return run_videos(encoder, writer, source, batch_frames=batch, strict=False)
+    finally:
+        source.close()
+        shutil.rmtree(spill_dir, ignore_errors=True)
+
+
 def predict_batch(
     predictor,
     inputs,
@@ -289,12 +317,6 @@ def predict_batch(
         UsageError: missing inputs, a malformed queries file or results file, results of
             another run in `out`.
     """
-    from r2.extract.defaults import CPU_BATCH_FRAMES, GPU_BATCH_FRAMES
-    from r2.extract.pipeline import run_videos
-    from r2.extract.run import default_workers
-    from r2.extract.spill import SPILL_BYTES
-    from r2.extract.workers import DecodeOptions, DecodeSource
-
     began = time.perf_counter()
     out = Path(out)
     summary = BatchSummary(out)
@@ -306,29 +328,12 @@ def predict_batch(
     results = ResultsFile(out)
     done, summary.torn_lines_removed = results.load()
     todo = _todo(per_video, done, summary)
-    pending = [v for v in videos if v.vid in todo]
     texts = sorted({q.text for qs in todo.values() for q in qs})
     encoded = dict(zip(texts, predictor.encoder.encode_texts(texts), strict=True)) if texts else {}
-    spill_dir = out.with_name(f".{out.name}.frames-{os.getpid()}")
-    opts = DecodeOptions(
-        predictor.fps,
-        predictor.image_size,
-        predictor.frame_at,
-        allow_partial,
-        str(spill_dir),
-        SPILL_BYTES,
-    )
-    source = DecodeSource(pending, opts, default_workers() if workers is None else workers)
     encoder = _TimedEncoder(predictor.encoder)
     writer = _Predicting(predictor, todo, encoded, results, encoder, top, summary)
-    try:
-        spill_dir.mkdir(parents=True, exist_ok=True)
-        source.prime()
-        batch = GPU_BATCH_FRAMES if encoder.device.type == "cuda" else CPU_BATCH_FRAMES
-        stats = run_videos(encoder, writer, source, batch_frames=batch, strict=False)
-    finally:
-        source.close()
-        shutil.rmtree(spill_dir, ignore_errors=True)
+    pending = [v for v in videos if v.vid in todo]
+    stats = _run_pipeline(predictor, encoder, writer, pending, out, workers, allow_partial)
     summary.videos_done, summary.skipped, summary.partial = stats.done, stats.skipped, stats.partial
     summary.seconds = time.perf_counter() - began
     return summary

@@ -129,3 +129,15 @@ def test_models_lists_cached_and_not_cached(env):
     assert len(lines) == 20
     assert lines["official:qvhighlights"] == "cached"
     assert lines["official:tvsum_bk"] == "downloaded" and lines["official:tacos"] == "not"
+
+
+def test_from_pretrained_takes_official_names(env, tmp_path):
+    from r2.api import R2Predictor
+    from r2.extract.tiny_clip import make_tiny_clip
+
+    _, payload = _original()
+    write_fake_hub_file(env / "hub", get_entry("qvhighlights"), payload)
+    clip = make_tiny_clip(tmp_path / "clip")  # not the released ViT-B/32: must be refused
+    with pytest.raises(ValueError, match="image_size: checkpoint 224"):
+        R2Predictor.from_pretrained("official:qvhighlights", device="cpu", clip_model=str(clip))
+    assert converted_path(get_entry("qvhighlights")).is_file()  # it got that far
