@@ -31,6 +31,43 @@ START_TIMEOUT_S = 120
 STEP_TIMEOUT_MS = 60_000
 MAX_UPLOAD_MB = 2
 LOCAL = ("http://127.0.0.1:", "data:", "blob:", "about:")
+# Loaded into the app's process (PYTHONPATH): every name lookup or connection to anything but
+# this machine is written to $R2_NET_LOG and refused, so telemetry or update checks show up.
+NET_GUARD = """
+import os, socket
+_LOG = os.environ["R2_NET_LOG"]
+_LOCAL = ("127.", "::1", "localhost", "0.0.0.0")
+open(_LOG + ".loaded", "w").close()
+
+def _refuse(what):
+    with open(_LOG, "a") as fh:
+        fh.write(repr(what) + "\\n")
+    raise OSError("network access refused by the test")
+
+def _local(host):
+    return not isinstance(host, str) or host.startswith(_LOCAL)
+
+_getaddrinfo = socket.getaddrinfo
+_connect, _connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+def getaddrinfo(host, *args, **kwargs):
+    if host is not None and not _local(host.decode() if isinstance(host, bytes) else host):
+        _refuse(("getaddrinfo", host))
+    return _getaddrinfo(host, *args, **kwargs)
+
+def connect(self, address):
+    if isinstance(address, tuple) and not _local(address[0]):
+        _refuse(("connect", address))
+    return _connect(self, address)
+
+def connect_ex(self, address):
+    if isinstance(address, tuple) and not _local(address[0]):
+        _refuse(("connect_ex", address))
+    return _connect_ex(self, address)
+
+socket.getaddrinfo = getaddrinfo
+socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
+"""
 
 
 def _need(what: str, ok: bool) -> None:
@@ -77,7 +114,13 @@ def server(tmp_path_factory):
     library.mkdir()
     shutil.copy(setup["video"], library / "vid1.mp4")
     port = _free_port()
-    env = {**os.environ, "XDG_CACHE_HOME": str(root / "xdg"), "HF_HUB_OFFLINE": "1"}
+    guard = root / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(NET_GUARD)
+    net_log = root / "network.log"
+    path = os.pathsep.join(filter(None, [str(guard), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "XDG_CACHE_HOME": str(root / "xdg"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": path, "R2_NET_LOG": str(net_log)}  # fmt: skip
     cmd = [sys.executable, "-c", "from r2.cli import app; app()", "app", "-c", str(setup["run"]),
            "--videos", str(library), "--anno", str(setup["anno"]), "--port", str(port),
            "--device", "cpu", "--max-upload-mb", str(MAX_UPLOAD_MB)]  # fmt: skip
@@ -96,7 +139,8 @@ def server(tmp_path_factory):
                 pass
             assert time.monotonic() < deadline, "the app did not start"
             time.sleep(0.5)
-        yield {**setup, "url": url, "port": port, "root": root, "library": library}
+        yield {**setup, "url": url, "port": port, "root": root, "library": library,
+               "net_log": net_log}  # fmt: skip
     finally:
         proc.terminate()
         try:
@@ -194,6 +238,16 @@ def test_serves_files_only_from_the_upload_area_and_the_library(server):
     assert get(server["video"]) == 403  # the same bytes, outside --videos
     assert get(server["root"] / "app.log") == 403  # the app's own working directory
     assert get(Path("/etc/passwd")) == 403
+
+
+def test_the_server_never_reaches_out(server, page):
+    _upload(page, server["url"], server["video"])  # a full round of work first
+    page.fill("#r2-queries textarea", QUERIES[0])
+    page.click("#r2-ask")
+    page.wait_for_selector(".r2-result")
+    assert Path(f"{server['net_log']}.loaded").exists()  # the guard ran in the app
+    attempts = server["net_log"].read_text() if server["net_log"].exists() else ""
+    assert attempts == "", f"the app process tried to reach out: {attempts[:300]}"
 
 
 def test_loopback_only_and_upload_size_limit(server):
