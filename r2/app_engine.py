@@ -153,12 +153,11 @@ class AppEngine:
         t0 = time.perf_counter()
         key, video = self.encode(path, progress)
         t1 = time.perf_counter()
-        with self._lock:
+        with self._lock:  # the model and the thumbnail cache are shared by the server's threads
             preds = self.predictor.predict_many(video, queries, top=top)
-        t2 = time.perf_counter()
-        vid = path.stem
-        truths = [self.truth.lookup(vid, q) if self.truth else None for q in queries]
-        thumbs = [self.thumbnails(path, key, p.moments[:top]) for p in preds]
+            t2 = time.perf_counter()
+            thumbs = [self.thumbnails(path, key, p.moments[:top]) for p in preds]
+        truths = [self.truth.lookup(path.stem, q) if self.truth else None for q in queries]
         seconds = {"encode": t1 - t0, "predict": t2 - t1, "frames": time.perf_counter() - t2}
         return Answer(path, key, preds, truths, thumbs, seconds)
 

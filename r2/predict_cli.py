@@ -195,6 +195,11 @@ def _single(
 
     if out is not None:
         raise UsageError("--out is for batch mode (--queries FILE); use --json for one video")
+    if Path(inputs[0]).is_dir():
+        raise UsageError(
+            f"{inputs[0]}: is a folder; give a video file, or --queries FILE "
+            "--out results.jsonl to predict over a folder"
+        )
     video = check_video_file(inputs[0])
     try:
         queries = check_queries(inputs[1:])
