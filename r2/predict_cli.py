@@ -201,6 +201,11 @@ def _single(
             "--out results.jsonl to predict over a folder"
         )
     video = check_video_file(inputs[0])
+    if len(inputs) < 2:
+        raise UsageError(
+            "no query given: put one or more quoted queries after the video "
+            "(or give --queries FILE for a batch)"
+        )
     try:
         queries = check_queries(inputs[1:])
     except ValueError as err:
