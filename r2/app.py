@@ -36,6 +36,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MAX_UPLOAD_MB = 2048
 DEFAULT_TOP = 5
+MAX_SUGGESTIONS = 3  # annotated queries put in an empty query box
 PAGE_JS = """
 () => {
   document.addEventListener('click', (event) => {
@@ -78,19 +79,26 @@ class _Handlers:
     def _progress(self, progress):
         return lambda done, total: progress((done, total), desc="encoding the video", unit="clips")
 
-    def on_video(self, path, progress):
+    def on_video(self, path, text, progress):
+        """Encode a new video; an empty query box gets the video's annotated queries."""
         from r2.app_render import clock, status_html
 
         if not path:
-            return status_html("Upload a video or pick one from the library.")
+            return status_html("Upload a video or pick one from the library."), text
         try:
             _, video = self.engine.encode(path, self._progress(progress))
         except (UsageError, OSError) as err:  # VideoError is a UsageError
-            return status_html(f"error: {_one_line(err)}", error=True)
-        return status_html(
+            return status_html(f"error: {_one_line(err)}", error=True), text
+        known = self.engine.truth.queries(Path(path).stem) if self.engine.truth else []
+        if known and not (text or "").strip():
+            text = "\n".join(known[:MAX_SUGGESTIONS])
+        message = (
             f"Ready: {Path(path).name}, {clock(video.duration)}, "
             f"{len(video.features)} clips. Type queries, one per line."
         )
+        if known:
+            message += f" ({len(known)} annotated queries in --anno)"
+        return status_html(message), text
 
     def on_ask(self, path, text, top, progress):
         from r2.app_render import answer_html, status_html
@@ -151,13 +159,13 @@ def build_app(gr, engine, results_dir: Path):
                 download = gr.File(label="Result (JSON)", elem_id="r2-json", interactive=False)
         results = gr.HTML(elem_id="r2-results")
 
-        def on_video(path, progress=gr.Progress()):
-            return h.on_video(path, progress)
+        def on_video(path, queries, progress=gr.Progress()):
+            return h.on_video(path, queries, progress)
 
         def on_ask(path, queries, n, progress=gr.Progress()):
             return h.on_ask(path, queries, n, progress)
 
-        video.change(on_video, video, status)
+        video.change(on_video, [video, text], [status, text])
         ask.click(on_ask, [video, text, top], [status, results, download])
     return demo
 
