@@ -72,10 +72,11 @@ def curve_svg(pred, truth, uid: str, top: int) -> str:
     sal = np.asarray(pred.saliency, dtype=np.float64)
     duration = max(float(pred.duration), 1e-6)
     width, height = SVG_W - MARGIN_L - MARGIN_R, SVG_H - MARGIN_T - MARGIN_B
-    gt_sal = None
+    lo, hi = _y_range([sal])
+    gt_sal = None  # annotated scores in [0, 1], drawn over the prediction's range
     if truth is not None and truth.clip_saliency:
-        gt_sal = np.array([truth.clip_saliency.get(i, 0.0) for i in range(len(sal))])
-    lo, hi = _y_range([sal] if gt_sal is None else [sal, gt_sal])
+        labels = np.array([truth.clip_saliency.get(i, 0.0) for i in range(len(sal))])
+        gt_sal = lo + labels * (hi - lo)
 
     def x(t: float) -> float:
         return MARGIN_L + min(max(t / duration, 0.0), 1.0) * width

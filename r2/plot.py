@@ -53,7 +53,7 @@ def _curve(ax, prediction, moments, truth) -> None:
     saliency = np.asarray(prediction.saliency, dtype=np.float64)
     clip_s = 1.0 / prediction.fps
     centres = (np.arange(len(saliency)) + 0.5) * clip_s  # seconds
-    shown = [saliency]
+    lo, hi = _y_limits([saliency])
     for i, (start, end) in enumerate(truth.windows if truth else []):
         ax.axvspan(
             start,
@@ -65,10 +65,16 @@ def _curve(ax, prediction, moments, truth) -> None:
             alpha=0.6,
             label="ground truth" if i == 0 else None,
         )
-    if truth and truth.clip_saliency:
+    if truth and truth.clip_saliency:  # scores in [0, 1], drawn over the prediction's range
         labels = np.array([truth.clip_saliency.get(i, 0.0) for i in range(len(saliency))])
-        ax.step(centres, labels, where="mid", color="0.55", lw=1.0, label="annotated score")
-        shown.append(labels)
+        ax.step(
+            centres,
+            lo + labels * (hi - lo),
+            where="mid",
+            color="0.55",
+            lw=1.0,
+            label="annotated score (scaled)",
+        )
     if moments:
         ax.axvspan(
             moments[0].start,
@@ -79,7 +85,7 @@ def _curve(ax, prediction, moments, truth) -> None:
             label=f"best moment ({moments[0].score:.2f})",
         )
     ax.plot(centres, saliency, color="tab:blue", lw=1.6, marker="o", ms=2.5, label="saliency")
-    ax.set_ylim(*_y_limits(shown))
+    ax.set_ylim(lo, hi)
     ax.set_ylabel("saliency")
     ax.legend(loc="upper right", fontsize=7, framealpha=0.85)
 
