@@ -1,17 +1,20 @@
-"""The on-disk layout of an r2 cache: dataset names, row dtypes, file creation, index loading.
+"""The on-disk layout of an r2 cache: dataset names, row dtypes, attributes, creation, opening.
 
 See README.md in this folder for the format description. Everything that knows HDF5 dataset
-names lives here; `writer.py` and `reader.py` only append to / read from these datasets.
+names lives here and in `index.py`; `writer.py` and `reader.py` only append to / read from
+these datasets.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import errno
+import hashlib
+import json
 import os
 import secrets
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import h5py
@@ -19,23 +22,16 @@ import numpy as np
 
 import r2
 
+from . import h5io
 from .locking import recover_if_abandoned, superblock_flags
-from .records import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    CacheError,
-    CacheSettings,
-    QueryRecord,
-    VideoRecord,
-)
+from .records import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, CacheError, CacheSettings
 
 FEATURE_DTYPE = np.dtype("<f2")  # stored feature precision
 CHUNK_BYTES = 64 * 1024  # target chunk size (bytes) for feature and string datasets
 INDEX_CHUNK_ROWS = 1024  # rows per chunk of the index tables
-READ_CHUNK_CACHE = 0  # bytes of HDF5 chunk cache per dataset for readers: none (reads go
-#                       straight into the output array; 1.8x faster for a 23 MB video)
 LIBVER = "v110"  # low and high format bound: SWMR needs >= 1.10; readable by HDF5 1.10+
 TEXT_ENCODING = ("utf-8", "surrogatepass")  # any Python str round-trips, lone surrogates too
+OPTIONAL_SETTINGS = ("revision", "model_fingerprint", "tokenizer_fingerprint")  # None: absent
 
 COMMITTED = "committed"  # int64 (2, 8): two commit slots, see `commit_slot`
 STRINGS = "strings"  # uint8 pool holding every id, source path and query text
@@ -47,8 +43,9 @@ ALL_DATASETS = (COMMITTED, STRINGS, VIDEO_INDEX, VIDEO_FRAMES, QUERY_INDEX, QUER
 # positions of the counts in a commit slot (after the sequence number at position 0)
 N_VIDEO_ROWS, N_FRAMES, N_QUERY_ROWS, N_TOKENS, N_STRING_BYTES = range(5)
 N_COUNTS = 5
+COUNTED = (VIDEO_INDEX, VIDEO_FRAMES, QUERY_INDEX, QUERY_TOKENS, STRINGS)  # dataset of each count
 
-VIDEO_ROW = np.dtype(
+VIDEO_ROW_V1 = np.dtype(
     [
         ("vid_off", "<i8"), ("vid_len", "<i8"),  # id bytes in STRINGS
         ("source_off", "<i8"), ("source_len", "<i8"),  # source path bytes in STRINGS
@@ -56,7 +53,7 @@ VIDEO_ROW = np.dtype(
         ("duration", "<f8"), ("size", "<i8"), ("mtime", "<f8"), ("partial", "u1"),
     ]
 )  # fmt: skip
-QUERY_ROW = np.dtype(
+QUERY_ROW_V1 = np.dtype(
     [
         ("qid_off", "<i8"), ("qid_len", "<i8"),  # id bytes in STRINGS
         ("text_off", "<i8"), ("text_len", "<i8"),  # query text bytes in STRINGS
@@ -64,6 +61,10 @@ QUERY_ROW = np.dtype(
         ("n_tokens", "<i8"), ("truncated", "u1"),
     ]
 )  # fmt: skip
+# version 2: per-video fps (0 = the cache's fps) and crc32 of each item's feature bytes
+VIDEO_ROW = np.dtype([*VIDEO_ROW_V1.descr, ("fps", "<f8"), ("crc32", "<u4")])
+QUERY_ROW = np.dtype([*QUERY_ROW_V1.descr, ("crc32", "<u4")])
+ROW_DTYPES = {1: (VIDEO_ROW_V1, QUERY_ROW_V1), 2: (VIDEO_ROW, QUERY_ROW)}
 
 
 def encode_text(text: str) -> bytes:
@@ -72,6 +73,11 @@ def encode_text(text: str) -> bytes:
 
 def decode_text(data: bytes) -> str:
     return data.decode(*TEXT_ENCODING)
+
+
+def crc32(features: np.ndarray, value: int = 0) -> int:
+    """crc32 of the little-endian bytes of `features` (continuing from `value`)."""
+    return zlib.crc32(np.ascontiguousarray(features).view(np.uint8).reshape(-1), value)
 
 
 def commit_slot(seq: int, counts: list[int]) -> tuple[int, np.ndarray]:
@@ -101,14 +107,21 @@ def _rows_per_chunk(row_bytes: int) -> int:
     return max(1, CHUNK_BYTES // max(1, row_bytes))
 
 
+def settings_digest(settings: CacheSettings) -> str:
+    """sha256 of the settings (canonical JSON): detects hand-edited root attributes."""
+    text = json.dumps(asdict(settings), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 def settings_to_attrs(settings: CacheSettings) -> dict:
-    """Root attributes of a new cache (settings plus provenance)."""
+    """Root attributes of a new cache (settings, their digest, provenance)."""
     attrs = {k: v for k, v in asdict(settings).items() if v is not None}
     attrs.update(
         format=FORMAT_NAME,
         format_version=FORMAT_VERSION,
         r2_version=r2.__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        settings_digest=settings_digest(settings),
         feature_dtype="float16",
         video_axes="clip, layer (shallowest kept .. last), token, channel",
         query_axes="token (start .. end-of-text), layer (shallowest kept .. last), channel",
@@ -134,35 +147,39 @@ def attrs_to_dict(attrs: h5py.AttributeManager) -> dict:
 
 def settings_from_attrs(attrs: dict, path: Path) -> CacheSettings:
     """The CacheSettings recorded in a cache's root attributes (from `attrs_to_dict`)."""
-    names = [n for n in CacheSettings.__dataclass_fields__ if n != "revision"]
+    names = [f.name for f in fields(CacheSettings) if f.name not in OPTIONAL_SETTINGS]
     missing = [n for n in names if n not in attrs]
     if missing:
         raise CacheError(f"{path}: cache attributes lack {', '.join(missing)} (corrupt cache)")
+    optional = {n: attrs.get(n) for n in OPTIONAL_SETTINGS}
     try:
-        return CacheSettings(revision=attrs.get("revision"), **{n: attrs[n] for n in names})
+        return CacheSettings(**{n: attrs[n] for n in names}, **optional)
     except ValueError as exc:
         raise CacheError(f"{path}: cache attributes are invalid: {exc}") from exc
 
 
-def create_cache_file(path: Path, settings: CacheSettings) -> None:
+def create_cache_file(path: Path, settings: CacheSettings, attrs: dict | None = None) -> bool:
     """Create an empty cache at `path` atomically (built under a temporary name, then linked).
 
-    If another process creates `path` first, its file is kept and this call does nothing.
+    Returns False (and keeps that file) if another process created `path` first.
+    `attrs` adds or replaces root attributes (e.g. `created` when rebuilding a cache).
     """
     tmp = path.with_name(f".{path.name}.creating-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with h5py.File(tmp, "w", libver=(LIBVER, LIBVER), locking=False) as f:
-            f.attrs.update(settings_to_attrs(settings))
+            f.attrs.update({**settings_to_attrs(settings), **(attrs or {})})
             _create_datasets(f, settings)
         try:
             os.link(tmp, path)  # atomic and never replaces an existing file
         except FileExistsError:
-            pass
+            return False
         except OSError as exc:  # filesystems without hard links
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
                 raise
-            if not path.exists():
-                os.rename(tmp, path)
+            if path.exists():
+                return False
+            os.rename(tmp, path)
+        return True
     except OSError as exc:
         raise CacheError(f"{path}: cannot create the cache file: {exc}") from exc
     finally:
@@ -207,8 +224,9 @@ def open_h5_read(path: Path) -> h5py.File:
 
     With no writer open (superblock flags clear) the file is opened normally, so damage is
     reported at once. Flags left by a killed writer are cleared first when possible (see
-    `locking.recover_if_abandoned`). Only while a live writer appends is the file opened in
-    SWMR-read mode (HDF5 then retries checksum failures, which a concurrent write can cause).
+    `locking.recover_if_abandoned`). Only while a live writer appends (or when the file was
+    left by a killed writer in a place this process cannot write) is the file opened in
+    SWMR-read mode, with HDF5's metadata retries bounded (`h5io`), so damage still fails fast.
 
     Raises:
         CacheError: the path is missing, not an HDF5 file, corrupt, or not an r2 cache.
@@ -217,87 +235,32 @@ def open_h5_read(path: Path) -> h5py.File:
     swmr = superblock_flags(path) != 0 and not recover_if_abandoned(path)
     try:
         try:
-            f = _h5_read(path, swmr)
+            f = h5io.open_file(path, swmr=swmr)
         except OSError as exc:
             if swmr or "already open for write" not in str(exc):
                 raise
-            f = _h5_read(path, swmr=True)  # a writer has just started
+            f = h5io.open_file(path, swmr=True)  # a writer has just started
     except OSError as exc:
         raise CacheError(f"{path}: cannot open the HDF5 file (corrupt?): {exc}") from exc
     try:
-        _check_format(f, path)
+        check_format(f, path)
     except BaseException:
         f.close()
         raise
     return f
 
 
-def _h5_read(path: Path, swmr: bool) -> h5py.File:
-    return h5py.File(path, "r", swmr=swmr, locking=False, rdcc_nbytes=READ_CHUNK_CACHE)
-
-
-def _check_format(f: h5py.File, path: Path) -> None:
+def check_format(f: h5py.File, path: Path) -> int:
+    """The cache's format version; CacheError unless it is an r2 cache this r2 reads."""
     fmt = f.attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("utf-8", "replace")
     if fmt != FORMAT_NAME:
         raise CacheError(f"{path}: an HDF5 file but not an r2 feature cache (format={fmt!r})")
     version = f.attrs.get("format_version")
-    if not isinstance(version, (int, np.integer)) or not 1 <= version <= FORMAT_VERSION:
+    if not isinstance(version, (int, np.integer)) or int(version) not in READABLE_VERSIONS:
         raise CacheError(
             f"{path}: cache format version {version!r} is not supported by this r2 "
-            f"(reads versions 1..{FORMAT_VERSION}); a newer r2 may read it"
+            f"(reads versions {', '.join(map(str, READABLE_VERSIONS))}); a newer r2 may read it"
         )
-
-
-@dataclass
-class CacheIndex:
-    """The committed state of a cache: counts and the newest entry of every id."""
-
-    seq: int  # sequence number of the commit this index was read at
-    counts: list[int]  # the committed counts (N_VIDEO_ROWS, ...)
-    videos: dict[str, tuple[VideoRecord, int]]  # vid -> (record, first frame row)
-    queries: dict[str, tuple[QueryRecord, int, int]]  # qid -> (record, first token row, L)
-
-
-def load_index(f: h5py.File, path: Path) -> CacheIndex:
-    """Read the committed index; later rows of an id supersede earlier ones."""
-    try:
-        seq, counts = read_commit(f[COMMITTED][:], path)
-        pool = f[STRINGS][: counts[N_STRING_BYTES]].tobytes()
-        vrows = f[VIDEO_INDEX][: counts[N_VIDEO_ROWS]].tolist()
-        qrows = f[QUERY_INDEX][: counts[N_QUERY_ROWS]].tolist()
-    except (OSError, KeyError, ValueError) as exc:
-        raise CacheError(f"{path}: cannot read the cache index (corrupt?): {exc}") from exc
-    if (
-        len(pool) != counts[N_STRING_BYTES]
-        or len(vrows) != counts[N_VIDEO_ROWS]
-        or len(qrows) != counts[N_QUERY_ROWS]
-    ):
-        raise CacheError(f"{path}: the cache index is shorter than its committed counts (corrupt)")
-
-    def text(off: int, length: int, row: str) -> str:
-        if off < 0 or length < 0 or off + length > len(pool):
-            raise CacheError(f"{path}: {row} points outside the string pool (corrupt)")
-        try:
-            return decode_text(pool[off : off + length])
-        except UnicodeDecodeError as exc:
-            raise CacheError(f"{path}: {row} has an undecodable string (corrupt)") from exc
-
-    def check_rows(start: int, n: int, total: int, row: str) -> None:
-        if start < 0 or n < 0 or start + n > total:
-            raise CacheError(f"{path}: {row} points outside the feature rows (corrupt)")
-
-    videos: dict[str, tuple[VideoRecord, int]] = {}
-    for i, (v_off, v_len, s_off, s_len, start, n, dur, size, mtime, partial) in enumerate(vrows):
-        where = f"video index row {i}"
-        check_rows(start, n, counts[N_FRAMES], where)
-        vid = text(v_off, v_len, where)
-        record = VideoRecord(vid, dur, n, text(s_off, s_len, where), size, mtime, bool(partial))
-        videos[vid] = (record, start)
-    queries: dict[str, tuple[QueryRecord, int, int]] = {}
-    for i, (q_off, q_len, t_off, t_len, start, n, n_tokens, truncated) in enumerate(qrows):
-        where = f"query index row {i}"
-        check_rows(start, n, counts[N_TOKENS], where)
-        qid = text(q_off, q_len, where)
-        queries[qid] = (QueryRecord(qid, text(t_off, t_len, where), n_tokens, bool(truncated)),
-                        start, n)  # fmt: skip
-    return CacheIndex(seq, counts, videos, queries)
+    return int(version)

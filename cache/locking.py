@@ -1,9 +1,13 @@
 """The writer lock, and recovery of a crashed cache's superblock by whoever opens it next.
 
 One process at a time may write a cache: it holds an exclusive BSD `flock` on the lock
-file `<cache>.lock` beside it (created on first use and left in place: deleting a lock
-file while others may hold it is unsafe). The kernel drops the lock when the process dies,
-so a lock is never stale; the superblock flags a killed writer leaves set are.
+file `<cache>.lock` beside it. The kernel drops the lock when the process dies, so a lock
+is never stale; the superblock flags a killed writer leaves set are.
+
+The lock file exists only while someone holds it: the holder deletes it before releasing
+the lock (a killed holder's file is deleted by the next one). Deleting a lock file others
+may be waiting on is safe because every locker, once it has the lock, checks that the file
+it locked is still the one at `<cache>.lock` (same inode) and starts over if not.
 
 HDF5's own file locking is switched off for every open (`locking=False`): it differs
 between HDF5 versions, fails on some network filesystems, and a SWMR writer drops it anyway.
@@ -43,6 +47,44 @@ def _open_lock_file(path: Path) -> int:
     return os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o666)
 
 
+def _is_current(fd: int, path: Path) -> bool:
+    """True if the locked descriptor `fd` is still the lock file at its path."""
+    try:
+        st = os.stat(lock_path(path))
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev)
+
+
+def _lock_once(path: Path) -> int | None:
+    """Open (creating) and lock the lock file without waiting; its fd, or None if held."""
+    for _ in range(100):  # the file can be replaced between open and flock; retry then
+        fd = _open_lock_file(path)
+        try:
+            if not _try_flock(fd):
+                os.close(fd)
+                return None
+            if _is_current(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # a stale file deleted by its previous holder: lock the new one
+    raise OSError(f"{lock_path(path)}: the lock file keeps being replaced")
+
+
+def release_lock(path: Path, fd: int) -> None:
+    """Delete the lock file (we hold it, so it is ours) and release the lock."""
+    try:
+        if _is_current(fd, path):
+            os.unlink(lock_path(path))
+    except OSError:
+        pass  # e.g. a read-only folder: the file stays, which is harmless
+    finally:
+        os.close(fd)
+
+
 def _try_flock(fd: int) -> bool:
     if fcntl is None:  # pragma: no cover
         return True
@@ -61,22 +103,20 @@ def acquire_writer_lock(path: Path) -> int:
     Raises:
         CacheError: the lock file cannot be opened, or another writer holds the lock.
     """
-    try:
-        fd = _open_lock_file(path)
-    except OSError as exc:
-        raise CacheError(f"{path}: cannot open its lock file for writing: {exc}") from exc
     deadline = time.monotonic() + LOCK_WAIT_S
-    try:
-        while not _try_flock(fd):
-            if time.monotonic() > deadline:
-                raise CacheError(
-                    f"{path}: another process is writing this cache (it holds the writer "
-                    f"lock {lock_path(path).name}); wait for it to finish or write elsewhere"
-                )
-            time.sleep(LOCK_POLL_S)
-    except BaseException:
-        os.close(fd)
-        raise
+    while True:
+        try:
+            fd = _lock_once(path)
+        except OSError as exc:
+            raise CacheError(f"{path}: cannot open its lock file for writing: {exc}") from exc
+        if fd is not None:
+            break
+        if time.monotonic() > deadline:
+            raise CacheError(
+                f"{path}: another process is writing this cache (it holds the writer "
+                f"lock {lock_path(path).name}); wait for it to finish or write elsewhere"
+            )
+        time.sleep(LOCK_POLL_S)
     if fcntl is None:  # pragma: no cover
         log.warning("%s: no file locking on this platform; run one writer at a time", path)
     return fd
@@ -112,17 +152,17 @@ def clear_flags_locked(path: Path) -> tuple[bytes, int] | None:
 
 def recover_if_abandoned(path: Path) -> bool:
     """Clear flags left by a killed writer; False if a live writer holds the lock (or no rights)."""
+    if not os.access(path, os.W_OK):
+        return False  # a read-only file: leave it to a writer
     try:
-        lock_fd = _open_lock_file(path)
+        lock_fd = _lock_once(path)
     except OSError:
         return False  # read-only folder: leave it to a writer
+    if lock_fd is None:
+        return False  # a live writer holds the lock
     try:
-        if not _try_flock(lock_fd):
-            return False
-        if not os.access(path, os.W_OK):
-            return False
         if clear_flags_locked(path) is not None:
             log.warning("%s: cleared the flags of an interrupted writer", path)
         return True
     finally:
-        os.close(lock_fd)  # releases the lock
+        release_lock(path, lock_fd)

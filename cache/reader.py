@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 
 from . import layout as L
+from .index import CacheIndex, QueryEntry, VideoEntry, load_index
 from .records import CacheError, CacheSettings, QueryRecord, VideoRecord
 
 # Handles inherited from a parent process: kept referenced so that a child never closes
@@ -18,31 +19,38 @@ _INHERITED_HANDLES: list[object] = []
 
 
 def read_settings(path: str | os.PathLike) -> CacheSettings:
-    """The settings a cache was built with.
+    """The settings a cache was built with (after checking them against the file).
 
     Raises:
-        CacheError: `path` is missing, corrupt or not an r2 feature cache.
+        CacheError: `path` is missing, corrupt, edited or not an r2 feature cache.
     """
-    with L.open_h5_read(Path(path)) as f:
-        return L.settings_from_attrs(L.attrs_to_dict(f.attrs), Path(path))
+    return FeatureCache(path).settings
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_dev
 
 
 class FeatureCache:
     """Read a cache: `with FeatureCache(path) as c: c.video(vid)`.
 
-    The index of committed items is read once at construction (a snapshot: items a
-    concurrent writer commits later need a new FeatureCache). Features are read from an
-    HDF5 handle opened lazily per process, so one FeatureCache may be handed to forked or
+    The index of committed items is read and checked once at construction (a snapshot:
+    items a concurrent writer commits later need a new FeatureCache). Features are read from
+    an HDF5 handle opened lazily per process, so one FeatureCache may be handed to forked or
     spawned data-loader workers (it pickles without its handle); each worker opens its own.
-    Any number of processes may read while one writer appends.
+    Any number of processes may read while one writer appends. A file replaced since (by
+    `r2 cache compact`) is refused on reopen rather than read with the old index.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         with L.open_h5_read(self.path) as f:
+            self.version = L.check_format(f, self.path)
             self.attrs: dict = L.attrs_to_dict(f.attrs)
             self.settings: CacheSettings = L.settings_from_attrs(self.attrs, self.path)
-            self._index = L.load_index(f, self.path)
+            self._index: CacheIndex = load_index(f, self.path, self.settings, self.version)
+        self._file = _file_id(self.path)
         self._h5: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
         self._pid: int | None = None
@@ -51,6 +59,13 @@ class FeatureCache:
         """Dataset `name` of this process's HDF5 handle (h5py objects never cross a fork)."""
         if self._h5 is None or self._pid != os.getpid():
             self.close()
+            try:
+                same = _file_id(self.path) == self._file
+            except OSError:
+                same = False
+            if not same:
+                raise CacheError(f"{self.path}: the cache file was replaced or removed since it "
+                                 "was opened (compacted?); open it again")  # fmt: skip
             self._h5 = L.open_h5_read(self.path)
             self._pid = os.getpid()
         if name not in self._datasets:
@@ -70,6 +85,17 @@ class FeatureCache:
             raise CacheError(f"{self.path}: the features of {what} are truncated (corrupt)")
         return rows
 
+    def _verify(self, rows: np.ndarray, crc: int | None, what: str) -> np.ndarray:
+        if crc is not None and L.crc32(rows) != crc:
+            raise CacheError(f"{self.path}: the features of {what} fail their checksum "
+                             "(corrupt); re-extract it")  # fmt: skip
+        return rows
+
+    @property
+    def index(self) -> CacheIndex:
+        """The committed index (entries with their rows and checksums), for tools."""
+        return self._index
+
     def video_ids(self) -> list[str]:
         """Ids of the cached videos, in the order they were first added."""
         return list(self._index.videos)
@@ -86,49 +112,71 @@ class FeatureCache:
         """True if query `qid` is in the cache."""
         return qid in self._index.queries
 
-    def video_record(self, vid: str) -> VideoRecord:
-        """Metadata of video `vid` (its newest entry). Raises KeyError if absent."""
+    def _video_entry(self, vid: str) -> VideoEntry:
         try:
-            return self._index.videos[vid][0]
+            return self._index.videos[vid]
         except KeyError:
             raise KeyError(f"video {vid!r} is not in cache {self.path}") from None
 
-    def video(self, vid: str) -> np.ndarray:
-        """(T, K, P, Dv) float16 features, K from the shallowest kept layer to the last."""
-        record = self.video_record(vid)
-        start = self._index.videos[vid][1]
-        return self._rows(L.VIDEO_FRAMES, start, record.n_clips, f"video {vid!r}")
-
-    def query_record(self, qid: str) -> QueryRecord:
-        """Metadata of query `qid` (its newest entry). Raises KeyError if absent."""
+    def _query_entry(self, qid: str) -> QueryEntry:
         try:
-            return self._index.queries[qid][0]
+            return self._index.queries[qid]
         except KeyError:
             raise KeyError(f"query {qid!r} is not in cache {self.path}") from None
 
-    def query(self, qid: str) -> np.ndarray:
+    def video_record(self, vid: str) -> VideoRecord:
+        """Metadata of video `vid` (its newest entry). Raises KeyError if absent."""
+        return self._video_entry(vid).record
+
+    def video_fps(self, vid: str) -> float:
+        """Clips per second of video `vid`: its own (format 2) or the cache's `fps`."""
+        return float(self._video_entry(vid).record.fps or self.settings.fps)
+
+    def video(self, vid: str, verify: bool = False) -> np.ndarray:
+        """(T, K, P, Dv) float16 features, K from the shallowest kept layer to the last.
+
+        `verify` checks the stored checksum (format 2) and raises CacheError on a mismatch.
+        """
+        entry = self._video_entry(vid)
+        rows = self._rows(L.VIDEO_FRAMES, entry.start, entry.record.n_clips, f"video {vid!r}")
+        return self._verify(rows, entry.crc, f"video {vid!r}") if verify else rows
+
+    def query_record(self, qid: str) -> QueryRecord:
+        """Metadata of query `qid` (its newest entry). Raises KeyError if absent."""
+        return self._query_entry(qid).record
+
+    def query(self, qid: str, verify: bool = False) -> np.ndarray:
         """(L, K, Dq) float16 features, start token .. end-of-text token."""
-        self.query_record(qid)
-        _, start, length = self._index.queries[qid]
-        return self._rows(L.QUERY_TOKENS, start, length, f"query {qid!r}")
+        entry = self._query_entry(qid)
+        rows = self._rows(L.QUERY_TOKENS, entry.start, entry.length, f"query {qid!r}")
+        return self._verify(rows, entry.crc, f"query {qid!r}") if verify else rows
 
     def summary(self) -> dict:
-        """Counts, size and settings, for logging."""
-        counts = self._index.counts
+        """Counts, sizes, waste and settings, for logging and `r2 cache info`."""
+        ix, counts = self._index, self._index.counts
         try:
             size = self.path.stat().st_size
         except OSError:
             size = -1
+        clips = sum(e.record.n_clips for e in ix.videos.values())
+        tokens = sum(e.length for e in ix.queries.values())
+        fps = sorted({self.video_fps(v) for v in ix.videos})
         return {
             "path": str(self.path),
-            "videos": len(self._index.videos),
-            "queries": len(self._index.queries),
-            "clips": sum(r.n_clips for r, _ in self._index.videos.values()),
-            "partial_videos": sum(r.partial for r, _ in self._index.videos.values()),
-            "superseded_videos": counts[L.N_VIDEO_ROWS] - len(self._index.videos),
-            "superseded_queries": counts[L.N_QUERY_ROWS] - len(self._index.queries),
+            "format_version": self.version,
+            "videos": len(ix.videos),
+            "queries": len(ix.queries),
+            "clips": clips,
+            "tokens": tokens,
+            "partial_videos": sum(e.record.partial for e in ix.videos.values()),
+            "video_fps": fps,
+            "superseded_videos": counts[L.N_VIDEO_ROWS] - len(ix.videos),
+            "superseded_queries": counts[L.N_QUERY_ROWS] - len(ix.queries),
+            "superseded_frames": ix.indexed_frames - clips,
+            "superseded_tokens": ix.indexed_tokens - tokens,
+            "uncommitted_frames": ix.sizes[L.N_FRAMES] - counts[L.N_FRAMES],
+            "uncommitted_tokens": ix.sizes[L.N_TOKENS] - counts[L.N_TOKENS],
             "file_bytes": size,
-            "format_version": self.attrs.get("format_version"),
             "r2_version": self.attrs.get("r2_version"),
             "created": self.attrs.get("created"),
             "settings": asdict(self.settings),

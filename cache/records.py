@@ -8,7 +8,8 @@ from dataclasses import dataclass, fields
 from r2.errors import UsageError
 
 FORMAT_NAME = "r2-feature-cache"  # root attribute `format`: marks an HDF5 file as an r2 cache
-FORMAT_VERSION = 1  # root attribute `format_version`; bump on any incompatible layout change
+FORMAT_VERSION = 2  # root attribute `format_version`; bump on any incompatible layout change
+READABLE_VERSIONS = (1, 2)  # versions this r2 reads; it writes (appends to) FORMAT_VERSION only
 FRAME_AT_CHOICES = ("middle", "start")
 DTYPE_CHOICES = ("fp32", "fp16", "bf16")
 
@@ -38,12 +39,17 @@ def _float_tuple(value: object, name: str, problems: list[str]) -> tuple[float, 
 
 @dataclass(frozen=True)
 class CacheSettings:
-    """Everything that determines the cached features; two caches agree iff these are equal."""
+    """Everything that determines the cached features.
+
+    Two settings describe the same features when every field is equal, except that the
+    CLIP model is compared by identity (`r2.cache.identity`): by content fingerprint when
+    both sides know it, else by name (model_id + revision).
+    """
 
     model_id: str
-    """HuggingFace model id or local folder of the CLIP model."""
+    """HuggingFace hub id, or the resolved absolute path of a local folder, of the CLIP model."""
     revision: str | None
-    """Model commit hash when known, else None."""
+    """Model commit hash when known (hub models), else None."""
     k: int
     """Number of kept CLIP layers (the last K blocks)."""
     fps: float
@@ -64,14 +70,22 @@ class CacheSettings:
     """Dv: vision hidden size."""
     text_dim: int
     """Dq: text hidden size."""
+    model_fingerprint: str | None = None
+    """Content hash of the CLIP's config.json and weight files ("sha256:<hex>", see
+    r2.extract.identity); None when unknown (caches and checkpoints made before r2 0.2)."""
+    tokenizer_fingerprint: str | None = None
+    """Identity of the query tokenization: "clean<N>:sha256:<hex>", the text-cleaning rule
+    version N and a hash of the tokenizer files; None when unknown."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []
         for name in ("model_id", "frame_at", "dtype"):
             if not isinstance(getattr(self, name), str):
                 problems.append(f"{name} must be a string, got {getattr(self, name)!r}")
-        if self.revision is not None and not isinstance(self.revision, str):
-            problems.append(f"revision must be a string or None, got {self.revision!r}")
+        for name in ("revision", "model_fingerprint", "tokenizer_fingerprint"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                problems.append(f"{name} must be a string or None, got {value!r}")
         if self.frame_at not in FRAME_AT_CHOICES:
             problems.append(f"frame_at must be one of {FRAME_AT_CHOICES}, got {self.frame_at!r}")
         if self.dtype not in DTYPE_CHOICES:
@@ -97,12 +111,20 @@ class CacheSettings:
             raise ValueError("invalid CacheSettings: " + "; ".join(problems))
 
     def mismatches(self, other: CacheSettings) -> list[str]:
-        """Every field whose value differs, as "field: <self's value> vs <other's value>"."""
-        return [
+        """Every difference, as "field: <self's value> vs <other's value>".
+
+        The CLIP model and the tokenizer are compared by identity (`r2.cache.identity`):
+        fingerprints when both sides know them, names otherwise.
+        """
+        from .identity import IDENTITY_FIELDS, model_difference, tokenizer_difference
+
+        out = [
             f"{f.name}: {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
             for f in fields(self)
-            if getattr(self, f.name) != getattr(other, f.name)
+            if f.name not in IDENTITY_FIELDS and getattr(self, f.name) != getattr(other, f.name)
         ]
+        identity = (model_difference(self, other), tokenizer_difference(self, other))
+        return [d for d in identity if d] + out
 
 
 @dataclass(frozen=True)
@@ -123,6 +145,8 @@ class VideoRecord:
     """Source file modification time (os.stat st_mtime) at extraction time."""
     partial: bool
     """True when the source was damaged and only a decodable prefix was used."""
+    fps: float | None = None
+    """Clips per second of this video; None: the cache's `fps` (`FeatureCache.video_fps`)."""
 
 
 @dataclass(frozen=True)

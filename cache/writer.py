@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,26 +21,22 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from . import h5io
 from . import layout as L
-from .locking import acquire_writer_lock, clear_flags_locked
-from .records import CacheError, CacheMismatchError, CacheSettings, QueryRecord, VideoRecord
+from .index import load_index
+from .locking import acquire_writer_lock, clear_flags_locked, release_lock
+from .records import (
+    FORMAT_VERSION,
+    CacheError,
+    CacheMismatchError,
+    CacheSettings,
+    QueryRecord,
+    VideoRecord,
+)
+from .stream import VideoStream, check_query, check_video_record
 from .superblock import restore_superblock
 
-FP16_EXPONENT_MASK = 0x7C00  # a float16 whose exponent bits are all set is inf or NaN
-
 log = logging.getLogger(__name__)
-
-
-def _open_swmr_write(path: Path) -> h5py.File:
-    """Open read-write directly in SWMR-write mode (readers may open at any moment)."""
-    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_libver_bounds(h5py.h5f.LIBVER_V110, h5py.h5f.LIBVER_V110)
-    fapl.set_file_locking(False, True)  # our own flock guards writers; readers never lock
-    flags = h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE
-    try:
-        return h5py.File(h5py.h5f.open(os.fsencode(path), flags, fapl=fapl))
-    except OSError as exc:
-        raise CacheError(f"{path}: cannot open the cache for writing (corrupt?): {exc}") from exc
 
 
 def _restore(path: Path, backup: tuple[bytes, int]) -> None:
@@ -52,48 +47,21 @@ def _restore(path: Path, backup: tuple[bytes, int]) -> None:
         os.close(fd)
 
 
-def _all_finite(features: np.ndarray) -> bool:
-    """No inf/NaN in a float16 array (exponent bits not all set); 6x faster than isfinite."""
-    return int(np.max(features.view(np.uint16) & 0x7FFF)) < FP16_EXPONENT_MASK
-
-
-def _check_video(record: VideoRecord, features: np.ndarray, s: CacheSettings) -> None:
-    if not isinstance(record, VideoRecord):
-        raise TypeError(f"record must be a VideoRecord, got {type(record).__name__}")
-    name = f"video {record.vid!r}"
-    if not isinstance(record.vid, str) or not isinstance(record.source, str):
-        raise TypeError(f"{name}: vid and source must be strings")
-    if not isinstance(features, np.ndarray) or features.dtype != L.FEATURE_DTYPE:
-        got = getattr(features, "dtype", type(features).__name__)
-        raise TypeError(f"{name}: features must be a float16 numpy array, got {got}")
-    expected = (record.n_clips, s.k, s.tokens_per_frame, s.video_dim)
-    if record.n_clips < 1 or features.shape != expected:
-        raise ValueError(f"{name}: features shape {features.shape}, expected (T>=1,K,P,Dv)="
-                         f"{expected} with T = record.n_clips")  # fmt: skip
-    if not (math.isfinite(record.duration) and record.duration >= 0):
-        raise ValueError(f"{name}: duration must be finite and >= 0, got {record.duration!r}")
-    if record.size < 0 or not math.isfinite(record.mtime):
-        raise ValueError(f"{name}: invalid size {record.size!r} or mtime {record.mtime!r}")
-    if not _all_finite(features):
-        raise ValueError(f"{name}: features contain NaN or infinity")
-
-
-def _check_query(record: QueryRecord, features: np.ndarray, s: CacheSettings) -> None:
-    if not isinstance(record, QueryRecord):
-        raise TypeError(f"record must be a QueryRecord, got {type(record).__name__}")
-    name = f"query {record.qid!r}"
-    if not isinstance(record.qid, str) or not isinstance(record.text, str):
-        raise TypeError(f"{name}: qid and text must be strings (use str(qid))")
-    if not isinstance(features, np.ndarray) or features.dtype != L.FEATURE_DTYPE:
-        got = getattr(features, "dtype", type(features).__name__)
-        raise TypeError(f"{name}: features must be a float16 numpy array, got {got}")
-    if features.ndim != 3 or features.shape[0] < 1 or features.shape[1:] != (s.k, s.text_dim):
-        raise ValueError(f"{name}: features shape {features.shape}, expected (L>=1, K, Dq) with "
-                         f"(K, Dq) = {(s.k, s.text_dim)}")  # fmt: skip
-    if record.n_tokens < 0:
-        raise ValueError(f"{name}: n_tokens must be >= 0, got {record.n_tokens!r}")
-    if not _all_finite(features):
-        raise ValueError(f"{name}: features contain NaN or infinity")
+def _check_appendable(path: Path, cached: CacheSettings, wanted: CacheSettings, version: int):
+    differences = cached.mismatches(wanted)
+    if differences:
+        raise CacheMismatchError(
+            f"{path}: the cache was built with other settings (cached vs requested): "
+            + "; ".join(differences)
+            + ". Use the cache's settings or write a new cache.",
+            differences,
+        )
+    if version != FORMAT_VERSION:
+        raise CacheError(
+            f"{path}: cache format version {version} is read but never appended to by this "
+            f"r2; run `r2 cache compact {path}` once to upgrade it to version {FORMAT_VERSION} "
+            "(crash-safe, keeps every item), then append"
+        )
 
 
 class CacheWriter:
@@ -101,9 +69,11 @@ class CacheWriter:
 
     Opening checks the settings against the cache's before anything is modified
     (CacheMismatchError lists every difference), takes an exclusive writer lock (a second
-    writer gets CacheError) and recovers from a writer that was killed. Each `add_*` call
-    is committed when it returns: a crash afterwards never loses it, a crash during it
-    never shows any part of it. Not to be shared across processes.
+    writer gets CacheError), recovers from a writer that was killed and validates the file
+    (a damaged one fails at once with CacheError). Each `add_*` call and each
+    `video_stream` block is committed when it returns: a crash afterwards never loses it, a
+    crash during it never shows any part of it. A cache this writer created and left empty
+    is deleted on close, and so is the lock file. Not to be shared across processes.
     """
 
     def __init__(self, path: str | os.PathLike, settings: CacheSettings):
@@ -113,13 +83,15 @@ class CacheWriter:
         self.settings = settings
         self._f: h5py.File | None = None
         self._lock_fd: int | None = None
+        self._stream: VideoStream | None = None
+        self._seq = 0
         self._pid = os.getpid()  # a forked child must never write or close this writer
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CacheError(f"{self.path}: cannot create its folder: {exc}") from exc
-        if not self.path.exists():
-            L.create_cache_file(self.path, settings)
+        self._created = not self.path.exists() and L.create_cache_file(self.path, settings)
+        if self._created:
             log.info("created feature cache %s", self.path)
         L.check_header(self.path)
         self._lock_fd = acquire_writer_lock(self.path)
@@ -132,35 +104,35 @@ class CacheWriter:
     def _open(self) -> None:
         backup = clear_flags_locked(self.path)  # we hold the lock: set flags are stale
         try:
-            with L.open_h5_read(self.path) as f:
+            with L.open_h5_read(self.path) as f:  # normal open: damage fails fast
+                version = L.check_format(f, self.path)
                 cached = L.settings_from_attrs(L.attrs_to_dict(f.attrs), self.path)
-            differences = cached.mismatches(self.settings)
-            if differences:
-                raise CacheMismatchError(
-                    f"{self.path}: the cache was built with other settings (cached vs "
-                    "requested): "
-                    + "; ".join(differences)
-                    + ". Use the cache's settings or write a new cache.",
-                    differences,
-                )
+                index = load_index(f, self.path, cached, version)  # the file is what it says
+                _check_appendable(self.path, cached, self.settings, version)
         except CacheError:
             if backup is not None:  # leave a file we refuse byte-for-byte as it was
                 _restore(self.path, backup)
             raise
         if backup is not None:
             log.warning("%s: recovered after an interrupted writer", self.path)
-        self._f = _open_swmr_write(self.path)
-        self._datasets = {name: self._f[name] for name in L.ALL_DATASETS}
-        index = L.load_index(self._f, self.path)
+        try:
+            self._f = h5io.open_file(self.path, write=True)
+            self._datasets = {name: self._f[name] for name in L.ALL_DATASETS}
+        except (OSError, KeyError) as exc:
+            raise CacheError(f"{self.path}: cannot open the cache for writing (corrupt?): {exc}"
+                             ) from exc  # fmt: skip
         self._seq, self._counts = index.seq, index.counts
-        self._videos = {vid: (r.size, r.mtime) for vid, (r, _) in index.videos.items()}
-        self._queries = {qid: r.text for qid, (r, _, _) in index.queries.items()}
+        fps = self.settings.fps
+        self._videos = {vid: (e.record.size, e.record.mtime, e.record.fps or fps)
+                        for vid, e in index.videos.items()}  # fmt: skip
+        self._queries = {qid: e.record.text for qid, e in index.queries.items()}
         log.info("%s: open for writing (%d videos, %d queries)", self.path,
                  len(self._videos), len(self._queries))  # fmt: skip
 
-    def video_is_current(self, vid: str, size: int, mtime: float) -> bool:
-        """True if `vid` is cached from a source of this size and modification time."""
-        return self._videos.get(vid) == (size, float(mtime))
+    def video_is_current(self, vid: str, size: int, mtime: float, fps: float | None = None) -> bool:
+        """True if `vid` is cached from a source of this size and mtime, at this fps (None:
+        the cache's fps)."""
+        return self._videos.get(vid) == (size, float(mtime), float(fps or self.settings.fps))
 
     def has_query(self, qid: str, text: str) -> bool:
         """True if `qid` is cached with exactly this text."""
@@ -168,24 +140,43 @@ class CacheWriter:
 
     def add_video(self, record: VideoRecord, features: np.ndarray) -> None:
         """Append (or supersede) one video's (T, K, P, Dv) float16 features; committed on return."""
+        check_video_record(record)
+        if getattr(features, "ndim", 0) >= 1 and len(features) != record.n_clips:
+            raise ValueError(f"video {record.vid!r}: features shape {features.shape}, expected "
+                             f"T = record.n_clips = {record.n_clips} rows")  # fmt: skip
+        with self.video_stream(record) as stream:
+            stream.write(features)
+
+    def video_stream(self, record: VideoRecord) -> VideoStream:
+        """Start writing one video chunk by chunk (see `VideoStream`); use it as a `with` block.
+
+        `record.n_clips` is ignored: the video gets as many clips as rows are written.
+        """
         self._check_open()
-        _check_video(record, features, self.settings)
+        if self._stream is not None:
+            raise CacheError(f"{self.path}: the video {self._stream.record.vid!r} is still being "
+                             "written (one video stream at a time)")  # fmt: skip
+        self._stream = VideoStream(self, record, self._counts[L.N_FRAMES])
+        return self._stream
+
+    def _commit_video(self, record: VideoRecord, start: int, crc: int) -> None:
+        """Commit a video whose rows [start, start + n_clips) of frames are written."""
+        self._check_open()
         counts = list(self._counts)
         vid, source = L.encode_text(record.vid), L.encode_text(record.source)
         row = np.zeros((), dtype=L.VIDEO_ROW)
-        start = counts[L.N_FRAMES]
         row[()] = (counts[L.N_STRING_BYTES], len(vid), counts[L.N_STRING_BYTES] + len(vid),
                    len(source), start, record.n_clips, record.duration, record.size,
-                   record.mtime, record.partial)  # fmt: skip
+                   record.mtime, record.partial, record.fps or 0.0, crc)  # fmt: skip
         with self._io():
             self._write(L.STRINGS, counts[L.N_STRING_BYTES], np.frombuffer(vid + source, np.uint8))
-            self._write(L.VIDEO_FRAMES, start, features)
             self._write(L.VIDEO_INDEX, counts[L.N_VIDEO_ROWS], row[None])
             counts[L.N_STRING_BYTES] += len(vid) + len(source)
-            counts[L.N_FRAMES] += record.n_clips
+            counts[L.N_FRAMES] = start + record.n_clips
             counts[L.N_VIDEO_ROWS] += 1
             self._commit(counts)
-        self._videos[record.vid] = (record.size, float(record.mtime))
+        fps = float(record.fps or self.settings.fps)
+        self._videos[record.vid] = (record.size, float(record.mtime), fps)
 
     def add_queries(self, records: list[QueryRecord], features: list[np.ndarray]) -> None:
         """Append (or supersede) queries, each (L, K, Dq) float16; one commit for the batch."""
@@ -193,7 +184,7 @@ class CacheWriter:
         if len(records) != len(features):
             raise ValueError(f"{len(records)} query records but {len(features)} feature arrays")
         for record, feats in zip(records, features, strict=True):
-            _check_query(record, feats, self.settings)
+            check_query(record, feats, self.settings)
         if not records:
             return
         counts = list(self._counts)
@@ -203,7 +194,7 @@ class CacheWriter:
         for i, (record, feats) in enumerate(zip(records, features, strict=True)):
             qid, text = L.encode_text(record.qid), L.encode_text(record.text)
             rows[i] = (offset, len(qid), offset + len(qid), len(text), start, len(feats),
-                       record.n_tokens, record.truncated)  # fmt: skip
+                       record.n_tokens, record.truncated, L.crc32(feats))  # fmt: skip
             pool += [qid, text]
             offset += len(qid) + len(text)
             start += len(feats)
@@ -217,6 +208,12 @@ class CacheWriter:
             counts[L.N_QUERY_ROWS] += len(records)
             self._commit(counts)
         self._queries.update((r.qid, r.text) for r in records)
+
+    def _write_rows(self, name: str, at: int, data: np.ndarray) -> None:
+        """`_write` for a stream: checks the writer first, reports failures as CacheError."""
+        self._check_open()
+        with self._io():
+            self._write(name, at, data)
 
     def _write(self, name: str, at: int, data: np.ndarray) -> None:
         """Write rows [at, at + len(data)) of dataset `name`, growing it when needed."""
@@ -250,16 +247,22 @@ class CacheWriter:
             raise CacheError(f"{self.path}: a writer cannot be used in a forked process")
 
     def close(self) -> None:
-        """Close the file and release the writer lock (idempotent; a no-op in a forked child)."""
+        """Close the file and release the writer lock (idempotent; a no-op in a forked child).
+
+        A cache this writer created and never committed anything to is deleted.
+        """
         if os.getpid() != self._pid:
             return
         try:
             if self._f is not None:
                 self._f.close()
         finally:
-            self._f = None
+            self._f, self._stream = None, None
             if self._lock_fd is not None:
-                os.close(self._lock_fd)  # releases the flock
+                if self._created and self._seq == 0:  # an empty cache is debris
+                    with contextlib.suppress(OSError):
+                        self.path.unlink()
+                release_lock(self.path, self._lock_fd)
                 self._lock_fd = None
 
     def __enter__(self) -> CacheWriter:
@@ -269,6 +272,7 @@ class CacheWriter:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._f is None else f"{len(self._videos)} videos, "
-        state += "" if self._f is None else f"{len(self._queries)} queries"
-        return f"CacheWriter({str(self.path)!r}, {state})"
+        if self._f is None:
+            return f"CacheWriter({str(self.path)!r}, closed)"
+        return (f"CacheWriter({str(self.path)!r}, {len(self._videos)} videos, "
+                f"{len(self._queries)} queries)")  # fmt: skip

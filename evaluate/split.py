@@ -84,10 +84,11 @@ def evaluate_checkpoint(
     check_cache_compatible(meta, read_settings(cache))
     preset = preset_from_meta(meta) if meta.get("preset") else None
     dataset = preset.name if preset is not None else "qvhighlights"
-    rows = [a.data for a in read_annotations(Path(anno))]
+    annos = read_annotations(Path(anno))  # keep file:line for messages
+    rows = [a.data for a in annos]
     labelled = has_ground_truth(rows)
     log.info("predicting %d queries of %s with %s on %s", len(rows), anno, checkpoint, dev)
-    preds = predict_split(model, cache, rows, preset or dataset, device=dev,
+    preds = predict_split(model, cache, annos, preset or dataset, device=dev,
                           batch_size=batch_size, skip_missing=skip_missing)  # fmt: skip
     metrics = None
     if labelled:

@@ -38,14 +38,25 @@ def extract_command(
     ] = None,
     anno: Annotated[
         list[Path] | None,
-        typer.Option("--anno", help="QVHighlights-schema jsonl (qid, query); repeatable."),
+        typer.Option(
+            "--anno",
+            help="QVHighlights-schema jsonl (qid, query; optional vid + fps: that video's "
+            "clips per second); repeatable.",
+        ),
     ] = None,
-    model: Annotated[str, typer.Option(help="HuggingFace CLIP id or local folder.")] = (
-        DEFAULT_MODEL
-    ),
+    clip: Annotated[
+        str,
+        typer.Option(
+            "--clip",
+            "--model",
+            help="HuggingFace CLIP id or local folder (--model is an alias of --clip).",
+        ),
+    ] = DEFAULT_MODEL,
     revision: Annotated[str | None, typer.Option(help="Hub branch, tag or commit.")] = None,
     k: Annotated[int, typer.Option("--k", min=1, help="Last CLIP blocks kept.")] = DEFAULT_K,
-    fps: Annotated[float, typer.Option(min=0.0, help="Clips (frames) per second.")] = DEFAULT_FPS,
+    fps: Annotated[
+        float, typer.Option(min=0.0, help="Clips (frames) per second (unless --anno gives one).")
+    ] = DEFAULT_FPS,
     frame_at: Annotated[
         str, typer.Option("--frame-at", help="Frame of each clip: middle (original) | start.")
     ] = DEFAULT_FRAME_AT,
@@ -87,7 +98,7 @@ def extract_command(
             videos or [],
             out,
             anno or [],
-            model=model,
+            model=clip,
             revision=revision,
             k=k,
             fps=fps,

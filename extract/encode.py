@@ -10,39 +10,36 @@ preprocessor config; the geometry (shorter side resize, centre crop) is `decode.
 from __future__ import annotations
 
 import html
-import json
 import logging
 import re
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import ftfy
 import numpy as np
 import torch
 
-from r2.errors import UsageError
 from r2.extract.defaults import DEFAULT_K, DEFAULT_MODEL
+from r2.extract.loading import (  # noqa: F401 - ModelLoadError is re-exported here
+    PIXEL_SCALE,
+    ModelLoadError,
+    load_tokenizer,
+    load_tower,
+    probe_model,
+)
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PIXEL_SCALE = 255.0  # uint8 -> [0, 1], as torchvision's ToTensor
 FRAME_CHUNK = 64  # frames per vision forward inside encode_frames (bounds activation memory)
 TEXT_CHUNK = 128  # queries per text forward (queries of one token length, so no padding)
-_COMMIT_RE = re.compile(r"snapshots/([0-9a-f]{40})(/|$)")
-
-
-class ModelLoadError(UsageError, RuntimeError):
-    """The CLIP model (or a file of it) could not be loaded; never replaced by a random model."""
 
 
 @dataclass(frozen=True)
 class EncoderSettings:
     """Everything about the encoder that the features depend on (recorded in the cache)."""
 
-    model_id: str  # HF hub id or local folder as given
+    model_id: str  # HF hub id, or the resolved absolute path of a local folder
     revision: str | None  # resolved commit hash when known, else the requested revision
     k: int  # last K transformer blocks kept
     image_size: int  # square input size S of the vision tower, pixels
@@ -52,6 +49,8 @@ class EncoderSettings:
     tokens_per_frame: int  # P = 1 CLS + (S / patch)^2
     video_dim: int  # Dv, vision width
     text_dim: int  # Dq, text width
+    model_fingerprint: str | None = None  # content hash of config + weights (identity.py)
+    tokenizer_fingerprint: str | None = None  # cleaning-rule version + tokenizer files hash
 
 
 @dataclass
@@ -70,80 +69,6 @@ def clean_text(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _load_error(model: str, revision: str | None, err: BaseException) -> ModelLoadError:
-    rev = f" at revision {revision!r}" if revision else ""
-    return ModelLoadError(
-        f"could not load the CLIP model {model!r}{rev}: {type(err).__name__}: {err}\n"
-        "r2 never substitutes a random model. To fix it, either\n"
-        "  - run once with internet access so the model lands in the HuggingFace cache\n"
-        "    (~/.cache/huggingface, or $HF_HOME), then work offline with HF_HUB_OFFLINE=1; or\n"
-        "  - pass --model /path/to/folder, a local folder with config.json, model.safetensors,\n"
-        "    the tokenizer files and preprocessor_config.json (e.g. `save_pretrained` output)."
-    )
-
-
-def _resolve_model(
-    model: str, revision: str | None, cache_dir: str | None, local_only: bool
-) -> tuple[str, str | None]:
-    """Resolve `model` to its config file; return (revision to load with, commit hash or None)."""
-    from transformers.utils import cached_file
-
-    try:
-        config_file = cached_file(
-            model,
-            "config.json",
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=local_only,
-        )
-    except Exception as err:
-        raise _load_error(model, revision, err) from err
-    if config_file is None:
-        raise _load_error(model, revision, FileNotFoundError("config.json not found"))
-    # Not resolve(): files in the HF cache are symlinks from snapshots/<commit>/ into blobs/.
-    found = _COMMIT_RE.search(Path(config_file).absolute().parent.as_posix() + "/")
-    commit = found.group(1) if found else None
-    return (commit or revision), commit
-
-
-def _read_preprocessing(
-    model: str, revision: str | None, cache_dir: str | None, local_only: bool
-) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
-    """Image size, mean and std from the model's preprocessor_config.json."""
-    from transformers.utils import cached_file
-
-    try:
-        path = cached_file(
-            model,
-            "preprocessor_config.json",
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=local_only,
-        )
-        cfg = json.loads(Path(path).read_text())
-    except Exception as err:
-        raise _load_error(model, revision, err) from err
-
-    def side(value: object, key: str) -> int:
-        if isinstance(value, dict):
-            value = value.get("shortest_edge", value.get("height"))
-        if not isinstance(value, int):
-            raise ModelLoadError(f"{path}: field {key!r} must give one square size, got {value!r}")
-        return value
-
-    size = side(cfg.get("size"), "size")
-    crop = side(cfg.get("crop_size", size), "crop_size")
-    if size != crop:
-        raise ModelLoadError(f"{path}: shorter-side size {size} != crop size {crop}; unsupported")
-    scale = cfg.get("rescale_factor", 1 / PIXEL_SCALE)
-    if not cfg.get("do_rescale", True) or abs(scale * PIXEL_SCALE - 1) > 1e-9:
-        raise ModelLoadError(f"{path}: only rescale_factor 1/255 is supported, got {scale}")
-    mean, std = cfg.get("image_mean"), cfg.get("image_std")
-    if not cfg.get("do_normalize", True) or len(mean or ()) != 3 or len(std or ()) != 3:
-        raise ModelLoadError(f"{path}: image_mean / image_std must be 3 values each")
-    return crop, tuple(float(m) for m in mean), tuple(float(s) for s in std)
-
-
 def _pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -156,44 +81,6 @@ def _pick_dtype(dtype: str | None, device: torch.device) -> str:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     return dtype
-
-
-@contextmanager
-def _quiet_transformers():
-    """Hide transformers' load report (the other tower's weights are 'unexpected') and bars."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _load_tower(cls: type, model: str, revision: str | None, cache_dir, local_only: bool):
-    """Load one CLIP tower with its pretrained weights; a missing weight is an error."""
-    try:
-        with _quiet_transformers():
-            tower, info = cls.from_pretrained(
-                model,
-                revision=revision,
-                cache_dir=cache_dir,
-                local_files_only=local_only,
-                output_loading_info=True,
-            )
-    except Exception as err:
-        raise _load_error(model, revision, err) from err
-    missing = list(info.get("missing_keys") or [])
-    if missing:
-        raise _load_error(
-            model, revision, ValueError(f"weights missing from the checkpoint: {missing[:5]}")
-        )
-    return tower.eval().requires_grad_(False)
 
 
 class ClipEncoder:
@@ -242,53 +129,34 @@ class ClipEncoder:
             ModelLoadError: the model or one of its files can't be loaded (never a silent
                 fallback to random weights); the message says how to fix it.
         """
-        from transformers import CLIPConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
+        from transformers import CLIPTextModel, CLIPVisionModel
 
-        model = str(model)
-        rev, commit = _resolve_model(model, revision, cache_dir, local_files_only)
-        where = {"revision": rev, "cache_dir": cache_dir, "local_only": local_files_only}
-        try:
-            config = CLIPConfig.from_pretrained(
-                model, revision=rev, cache_dir=cache_dir, local_files_only=local_files_only
-            )
-        except Exception as err:
-            raise _load_error(model, revision, err) from err
-        vcfg, tcfg = config.vision_config, config.text_config
+        src = probe_model(str(model), revision, cache_dir, local_files_only)
+        vcfg, tcfg = src.config.vision_config, src.config.text_config
         depth = min(vcfg.num_hidden_layers, tcfg.num_hidden_layers)
         if not 1 <= k <= depth:
             raise ValueError(f"k must be in 1..{depth} for {model!r}, got {k}")
-        image_size, mean, std = _read_preprocessing(model, **where)
-        if image_size != vcfg.image_size:
-            raise ModelLoadError(
-                f"{model!r}: preprocessor crop size {image_size} != vision image_size "
-                f"{vcfg.image_size}"
-            )
         dev = _pick_device(device)
         dt = _pick_dtype(dtype, dev)
         vision = text = tokenizer = None
         if "vision" in towers:
-            vision = _load_tower(CLIPVisionModel, model, **where)
-            vision.to(device=dev, dtype=DTYPES[dt])
+            vision = load_tower(CLIPVisionModel, src).to(device=dev, dtype=DTYPES[dt])
         if "text" in towers:
-            text = _load_tower(CLIPTextModel, model, **where)
-            text.to(device=dev, dtype=DTYPES[dt])
-            try:
-                tokenizer = CLIPTokenizer.from_pretrained(
-                    model, revision=rev, cache_dir=cache_dir, local_files_only=local_files_only
-                )
-            except Exception as err:
-                raise _load_error(model, revision, err) from err
+            text = load_tower(CLIPTextModel, src).to(device=dev, dtype=DTYPES[dt])
+            tokenizer = load_tokenizer(src)
         settings = EncoderSettings(
-            model_id=model,
-            revision=commit or revision,
+            model_id=src.model_id,
+            revision=src.commit or revision,
             k=k,
-            image_size=image_size,
-            mean=mean,
-            std=std,
+            image_size=src.image_size,
+            mean=src.mean,
+            std=src.std,
             dtype=dt,
             tokens_per_frame=(vcfg.image_size // vcfg.patch_size) ** 2 + 1,
             video_dim=vcfg.hidden_size,
             text_dim=tcfg.hidden_size,
+            model_fingerprint=src.model_fingerprint,
+            tokenizer_fingerprint=src.tokenizer_fingerprint,
         )
         log.info("loaded CLIP %s (revision %s) on %s, %s", model, settings.revision, dev, dt)
         return cls(vision, text, tokenizer, settings, dev, tcfg.max_position_embeddings)

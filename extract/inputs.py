@@ -39,6 +39,7 @@ class VideoInput:
     path: Path
     size: int  # bytes, from os.stat at scan time
     mtime: float  # os.stat st_mtime at scan time
+    fps: float | None = None  # clips per second of this video (annotation "fps"), None: --fps
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class QueryInput:
     text: str  # the query as written in the file
     vid: str | None  # the annotation's video id (str of an integer id), if given
     where: str  # "file:line", for messages
+    fps: float | None = None  # the annotation's "fps" (clips per second of its video), if given
 
 
 @dataclass
@@ -122,7 +124,7 @@ def find_videos(inputs: list[str | Path]) -> list[VideoInput]:
 
 
 def read_queries(files: list[str | Path]) -> list[QueryInput]:
-    """Read QVHighlights-schema jsonl files (`qid`, `query`, optional `vid`).
+    """Read QVHighlights-schema jsonl files (`qid`, `query`, optional `vid` and `fps`).
 
     Each file goes through the strict checker of `r2.data` (bounded line size and nesting,
     at most `MAX_QUERY_CHARS` characters per query, checked before any tokenising): its
@@ -145,7 +147,9 @@ def read_queries(files: list[str | Path]) -> list[QueryInput]:
             raise InputError(report.error_message())
         report.log_warnings()
         for row in report.rows:
-            query = QueryInput(row.qid, row.data["query"], row.vid, row.where)
+            fps = row.data.get("fps")  # validated by the checker: a positive number
+            fps = float(fps) if fps is not None and row.vid is not None else None
+            query = QueryInput(row.qid, row.data["query"], row.vid, row.where, fps)
             seen = queries.setdefault(query.qid, query)
             if seen.text != query.text:
                 raise InputError(
@@ -153,3 +157,22 @@ def read_queries(files: list[str | Path]) -> list[QueryInput]:
                     f"different query at {seen.where}"
                 )
     return list(queries.values())
+
+
+def video_fps(queries: list[QueryInput]) -> dict[str, float]:
+    """The per-video clip rate the annotations give (rows with an "fps" field), by vid.
+
+    Raises:
+        InputError: two rows of one video give different fps (naming both lines).
+    """
+    found: dict[str, QueryInput] = {}
+    for q in queries:
+        if q.fps is None or q.vid is None:
+            continue
+        first = found.setdefault(q.vid, q)
+        if first.fps != q.fps:
+            raise InputError(
+                f"{q.where}: field 'fps' {q.fps:g} for video {q.vid!r} differs from the "
+                f"{first.fps:g} given at {first.where}; all rows of a video must agree"
+            )
+    return {vid: q.fps for vid, q in found.items()}

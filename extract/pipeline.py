@@ -86,6 +86,7 @@ def _write(writer, enc: _Encoding, fps: float, stats: VideoStats) -> None:
     from r2.cache import VideoRecord
 
     item, video, n_clips = enc.item, enc.video, len(enc.features)
+    fps = item.fps or fps  # the video's own clip rate (annotation "fps") when it has one
     duration = float(video.duration)
     if video.partial:
         duration = min(duration, n_clips / fps)
@@ -93,7 +94,7 @@ def _write(writer, enc: _Encoding, fps: float, stats: VideoStats) -> None:
         log.warning("%s: damaged; stored the decodable first %.1f s of %.1f s (partial)",
                     item.path, duration, video.duration)  # fmt: skip
     record = VideoRecord(item.vid, duration, n_clips, str(item.path), item.size, item.mtime,
-                         bool(video.partial))  # fmt: skip
+                         bool(video.partial), item.fps)  # fmt: skip
     writer.add_video(record, enc.features)
     stats.done.append(item.vid)
 
@@ -192,9 +193,10 @@ def run(summary, videos: list[VideoInput], queries: list, *, model: str, revisio
     s = probe.settings
     settings = CacheSettings(s.model_id, s.revision, s.k, float(fps), frame_at, s.image_size,
                              s.mean, s.std, s.dtype, s.tokens_per_frame, s.video_dim,
-                             s.text_dim)  # fmt: skip
+                             s.text_dim, s.model_fingerprint, s.tokenizer_fingerprint)  # fmt: skip
     with CacheWriter(summary.cache, settings) as writer:
-        current = {v.vid for v in videos if writer.video_is_current(v.vid, v.size, v.mtime)}
+        current = {v.vid for v in videos
+                   if writer.video_is_current(v.vid, v.size, v.mtime, v.fps)}  # fmt: skip
         todo = [v for v in videos if v.vid not in current]
         summary.videos_cached = [v.vid for v in videos if v.vid in current]
         new_queries = [q for q in queries if not writer.has_query(q.qid, q.text)]

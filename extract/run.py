@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from r2.extract.defaults import (
@@ -23,7 +23,7 @@ from r2.extract.defaults import (
     DTYPE_CHOICES,
     FRAME_AT_CHOICES,
 )
-from r2.extract.inputs import InputError, read_queries, scan_inputs
+from r2.extract.inputs import InputError, read_queries, scan_inputs, video_fps
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +161,15 @@ def extract(
     Args:
         inputs: video files and/or folders (searched recursively); video id = file stem.
         out: cache file; default cache/<name of the first input>.h5.
-        annotations: QVHighlights-schema jsonl files (`qid`, `query`, optional `vid`).
-        model: HuggingFace CLIP id or local folder; never replaced by a random model.
+        annotations: QVHighlights-schema jsonl files (`qid`, `query`, optional `vid`, and
+            optional `fps`: that video's clips per second, overriding `fps`; all rows of a
+            video must agree).
+        model: HuggingFace CLIP id or local folder; never replaced by a random model (the
+            cache records the hub id + commit, or the folder's absolute path, and a content
+            fingerprint of its config and weights).
         revision: hub branch/tag/commit; the resolved commit is recorded in the cache.
         k: number of last CLIP blocks kept.
-        fps: clips per second (one frame per clip).
+        fps: clips per second (one frame per clip) of videos whose annotations give none.
         frame_at: "middle" (as the original's ffmpeg fps filter) or "start" of each clip.
         dtype: compute dtype "fp32" | "fp16" | "bf16"; default fp32 on CPU, fp16 on CUDA.
         device: "auto", "cpu", "cuda", ...
@@ -187,8 +191,9 @@ def extract(
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     annotations = [annotations] if isinstance(annotations, (str, os.PathLike)) else annotations
     scan = scan_inputs(inputs)
-    videos = scan.videos
     queries = read_queries(list(annotations))
+    per_video = video_fps(queries)  # annotation "fps": that video's clips per second
+    videos = [replace(v, fps=per_video.get(v.vid)) for v in scan.videos]
     if not videos and not queries:
         raise InputError("nothing to extract: no video files found and no queries given")
     out = Path(out) if out is not None else default_out(inputs, annotations)

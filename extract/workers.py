@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from r2.extract.inputs import VideoInput
 from r2.extract.spill import SPILL_BYTES, release
@@ -109,6 +109,13 @@ class DecodeSource:
         self._worker_end.close()
         self.pool = None
 
+    def options(self, item: VideoInput) -> DecodeOptions:
+        """The decode options of `item`: its own fps (from the annotations) when it has one."""
+        return self.opts if item.fps is None else replace(self.opts, fps=item.fps)
+
+    def _submit(self, item: VideoInput) -> Future:
+        return self.pool.submit(decode_job, str(item.path), self.options(item))
+
     @property
     def exhausted(self) -> bool:
         return not (self.pending or self.suspects or self.inflight)
@@ -123,13 +130,13 @@ class DecodeSource:
         if self.suspects:
             if not self.inflight:
                 item = self.suspects.popleft()
-                self.inflight[self.pool.submit(decode_job, str(item.path), self.opts)] = item
+                self.inflight[self._submit(item)] = item
                 self.isolating = True
             return
         self.isolating = False
         while self.pending and len(self.inflight) < self.workers * JOBS_PER_WORKER:
             item = self.pending.popleft()
-            self.inflight[self.pool.submit(decode_job, str(item.path), self.opts)] = item
+            self.inflight[self._submit(item)] = item
 
     def _broken(self, item: VideoInput) -> Iterator[tuple]:
         """A worker died: skip `item` if it was alone, else retry everything in flight alone."""
@@ -148,7 +155,7 @@ class DecodeSource:
         if self.pool is None:
             if self.pending and not self.paused:
                 item = self.pending.popleft()
-                yield (item, *decode_job(str(item.path), self.opts))
+                yield (item, *decode_job(str(item.path), self.options(item)))
             return
         self._fill()
         if not self.inflight:

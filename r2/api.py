@@ -19,6 +19,7 @@ maximum length. `benchmarks/long_video.py` measures it on 15-minute to 2-hour vi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,10 +29,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from r2.cache import CacheSettings
+from r2.cache.identity import by_name_warning, model_difference, tokenizer_difference
 from r2.evaluate.postprocess import postprocess_windows
 from r2.extract.decode import VideoError, iter_clip_frames
 from r2.extract.defaults import CPU_BATCH_FRAMES, GPU_BATCH_FRAMES
-from r2.extract.encode import ClipEncoder
+from r2.extract.encode import ClipEncoder, ModelLoadError
+from r2.extract.identity import is_local, looks_like_path
 from r2.train.batch import one_video_batch
 from r2.train.checkpoint import load_checkpoint, resolve_path
 
@@ -101,31 +105,46 @@ class R2Predictor:
     ) -> R2Predictor:
         """Load a checkpoint and the CLIP model its cache was extracted with.
 
+        The checkpoint records its CLIP as a hub id + commit, or a local folder's absolute
+        path, plus a content fingerprint, so it is found from any working directory. A model
+        found elsewhere (`clip_model`) is verified by that fingerprint.
+
         Args:
             checkpoint: `runs/NAME/best.safetensors` (its `.json` sits beside it), the run
                 folder, or `official:NAME` for a released checkpoint (r2.zoo; `r2 models`).
             device: "auto" (CUDA when available), "cpu" or "cuda[:i]".
-            clip_model: override where the CLIP weights are loaded from (a local folder holding the
-                same model); the checkpoint's recorded model id is used otherwise.
+            clip_model: where the CLIP weights are now (a moved folder, another copy, or a hub
+                id); it must be the same model (same fingerprint) as the recorded one.
 
         Returns:
             A predictor ready for `encode_video` and `predict`.
+
+        Raises:
+            ModelLoadError: the recorded model is not there (pass `clip_model`) or cannot load.
+            ValueError: `clip_model` is another model than the checkpoint's.
         """
         device = _resolve_device(device)
         path = resolve_path(checkpoint)
         model, meta = load_checkpoint(path, device=device)
         settings = meta["cache_settings"]
+        recorded = settings["model_id"]
+        if clip_model is None and looks_like_path(recorded) and not is_local(recorded):
+            raise ModelLoadError(
+                f"{checkpoint}: its CLIP model {recorded!r} is not there (moved or deleted?); "
+                "pass --clip PATH (clip_model=PATH) to where it is now: it is verified by its "
+                "fingerprint"
+            )
         encoder = ClipEncoder.load(
-            clip_model or settings["model_id"],
+            clip_model or recorded,
             revision=None if clip_model else settings.get("revision"),
             k=int(settings["k"]),
             device=device,
             dtype=settings.get("dtype"),
         )
-        mismatches = _settings_mismatches(encoder, settings)
+        mismatches = _settings_mismatches(encoder, settings, clip_model)
         if mismatches:
             raise ValueError(
-                f"CLIP model {clip_model or settings['model_id']} does not match the checkpoint's "
+                f"CLIP model {clip_model or recorded} does not match the checkpoint's "
                 f"training features: {'; '.join(mismatches)}"
             )
         log.info("loaded %s with CLIP %s on %s", checkpoint, encoder.settings.model_id, device)
@@ -139,6 +158,7 @@ class R2Predictor:
         *,
         allow_partial: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        fps: float | None = None,
     ) -> VideoFeatures:
         """Decode and CLIP-encode a video in chunks (memory bounded by the features).
 
@@ -147,12 +167,15 @@ class R2Predictor:
             allow_partial: for a file that fails to decode midway, keep the clips decoded so
                 far (`partial` is then True) instead of raising.
             progress: called as progress(clips_done, clips_total) after each chunk.
+            fps: clips per second for this video (e.g. a dataset's per-video rate); default
+                the checkpoint's. Moments, saliency times and plots follow it.
 
         Raises:
             VideoError: the file cannot be opened or decoded; one line naming it and why.
         """
+        fps = float(fps or self.fps)
         clips = iter_clip_frames(
-            path, self.fps, self.image_size, frame_at=self.frame_at, allow_partial=allow_partial
+            path, fps, self.image_size, frame_at=self.frame_at, allow_partial=allow_partial
         )
         s = self.encoder.settings
         shape = (clips.probe.n_clips, s.k, s.tokens_per_frame, s.video_dim)
@@ -183,8 +206,8 @@ class R2Predictor:
         features = features[:filled]  # (T, K, P, Dv) float16
         duration = float(clips.duration)
         if clips.partial:
-            duration = min(duration, filled / self.fps)
-        return VideoFeatures(str(path), features, duration, self.fps, bool(clips.partial))
+            duration = min(duration, filled / fps)
+        return VideoFeatures(str(path), features, duration, fps, bool(clips.partial))
 
     def predict(
         self, video: VideoFeatures | str | Path, query: str, top: int | None = None
@@ -286,10 +309,26 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _settings_mismatches(encoder: ClipEncoder, settings: dict) -> list[str]:
+def _settings_mismatches(encoder: ClipEncoder, settings: dict, clip_model: str | None) -> list[str]:
+    """Differences between the loaded CLIP and the checkpoint's record of its features."""
     ours = encoder.settings
     problems = []
     for name in ("k", "image_size", "tokens_per_frame", "video_dim", "text_dim"):
         if name in settings and int(getattr(ours, name)) != int(settings[name]):
             problems.append(f"{name}: checkpoint {settings[name]} vs model {getattr(ours, name)}")
+    known = {f.name for f in dataclasses.fields(CacheSettings)}
+    recorded = CacheSettings(**{k: v for k, v in settings.items() if k in known})
+    difference = model_difference(recorded, ours)
+    by_name = by_name_warning(recorded, ours, ("checkpoint", "loaded model"))
+    if by_name:
+        log.warning("%s", by_name)
+        if clip_model is not None and difference:
+            log.warning("--clip %s is trusted to be the checkpoint's CLIP model (%s): it "
+                        "cannot be verified", clip_model, recorded.model_id)  # fmt: skip
+            difference = None
+    if difference:
+        problems.append(f"{difference} (checkpoint vs loaded model)")
+    tokenizer = tokenizer_difference(recorded, ours)
+    if tokenizer:
+        problems.append(f"{tokenizer} (checkpoint vs loaded model)")
     return problems

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from r2.app_cli import app_command
+from r2.cache.cli import app as cache_app
 from r2.data.cli import data_app
 from r2.errors import EXIT_CODES_EPILOG
 from r2.evaluate.cli import eval_command
@@ -32,6 +33,7 @@ app.command("extract", epilog=EXIT_CODES_EPILOG)(extract_command)
 app.command("train", epilog=EXIT_CODES_EPILOG)(train_command)
 app.command("eval", epilog=EXIT_CODES_EPILOG)(eval_command)
 app.command("convert", epilog=EXIT_CODES_EPILOG)(convert_command)
+app.add_typer(cache_app, name="cache")
 app.add_typer(data_app, name="data")
 app.command("models", epilog=EXIT_CODES_EPILOG)(models_command)
 app.command("predict", epilog=EXIT_CODES_EPILOG)(predict_command)

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from r2.cache import (
+    CacheError,
     CacheMismatchError,
     CacheSettings,
     CacheWriter,
@@ -83,7 +84,13 @@ def _child(path: str, tag: str, fd: int, seed: int) -> None:
                 if choice < 0.55 or not versions:
                     vid = f"{tag}/v {ops} ü"
                     versions[vid] = 0
-                    writer.add_video(*video_item(vid, 0))
+                    if rng.random() < 0.5:
+                        writer.add_video(*video_item(vid, 0))
+                    else:  # the same item streamed one row at a time
+                        record, feats = video_item(vid, 0)
+                        with writer.video_stream(record) as stream:
+                            for row in feats:
+                                stream.write(row[None])
                     out.write(f"V\t{vid}\t0\n")
                 elif choice < 0.7:  # a changed source: supersede an earlier video
                     vid = rng.choice(sorted(versions))
@@ -241,3 +248,46 @@ def test_kill_leaves_a_cache_that_a_reader_opens_while_flags_are_set(tmp_path, k
         assert writer.video_is_current("kept", 0, 0.25)
         writer.add_video(*video_item("third", 0))
     _check_cache(path, {**expected, "third": 0}, {}, None)
+
+
+def _lines(report: str) -> list[str]:
+    if not os.path.exists(report):
+        return []
+    with open(report) as fh:
+        return fh.read().split()
+
+
+def _stream_child(path: str, report: str) -> None:
+    """Commit one video, then stream a long one chunk by chunk, reporting each chunk."""
+    with CacheWriter(path, SETTINGS) as writer:
+        writer.add_video(*video_item("before", 0))
+        record = VideoRecord("long", 0.0, 0, "/videos/long.mp4", 1, 1.0, False)
+        with writer.video_stream(record) as stream, open(report, "w") as out:
+            for i in range(100_000):
+                stream.write(np.full((4, 2, 3, 8), i % 7, np.float16))
+                out.write(f"{i}\n")
+                out.flush()
+    os._exit(0)
+
+
+def test_sigkill_inside_a_video_stream_shows_no_half_video(tmp_path):
+    path, report = str(tmp_path / "cache.h5"), str(tmp_path / "report.txt")
+    proc = multiprocessing.get_context("fork").Process(target=_stream_child, args=(path, report))
+    proc.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # kill once 200 chunks (800 rows) are written
+        if len(_lines(report)) >= 200:
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    assert len(_lines(report)) >= 200
+    _check_cache(path, {"before": 0}, {}, None)  # no trace of the half-written video
+    with CacheWriter(path, SETTINGS) as writer:  # the next writer reuses that space
+        writer.add_video(*video_item("after", 0))
+        with pytest.raises(CacheError, match="closed"), writer.video_stream(
+            VideoRecord("x", 0.0, 0, "/x", 1, 1.0, False)
+        ) as stream:  # fmt: skip
+            stream.abort()
+            stream.write(np.zeros((1, 2, 3, 8), np.float16))
+    _check_cache(path, {"before": 0, "after": 0}, {}, None)

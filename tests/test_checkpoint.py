@@ -84,14 +84,23 @@ def test_unusable_files_are_refused_with_the_path(tmp_path):
 def test_refuses_cache_with_other_model_fps_or_fewer_layers():
     meta = _meta(_model())
     other = dataclasses.replace(SETTINGS, model_id="openai/clip-vit-large-patch14", fps=1.0,
-                                k=1)  # fmt: skip
+                                k=1, model_fingerprint="sha256:" + "e" * 64)  # fmt: skip
     with pytest.raises(CheckpointMismatchError) as err:
         check_cache_compatible(meta, other)
     text = str(err.value)
-    assert "model_id" in text and "fps: 0.5 (checkpoint) vs 1.0 (cache)" in text
+    assert "model_fingerprint" in text and "fps: 0.5 (checkpoint) vs 1.0 (cache)" in text
     assert "k: the model uses 2 CLIP layers, the cache holds only 1" in text
     assert len(err.value.differences) == 3
     assert check_cache_compatible(meta, SETTINGS) == []
+    # made before fingerprints: still usable, and the identity is said to rest on names
+    unknown = {"model_fingerprint": None, "tokenizer_fingerprint": None}
+    old = build_meta(_model().cfg, QVHIGHLIGHTS, dataclasses.replace(SETTINGS, **unknown))
+    (warning,) = check_cache_compatible(old, SETTINGS)
+    assert "checkpoint records no CLIP model fingerprint" in warning
+    assert "can only be compared by name" in warning
+    other = dataclasses.replace(SETTINGS, model_fingerprint="sha256:" + "f" * 64)
+    with pytest.raises(CheckpointMismatchError, match="model_fingerprint"):
+        check_cache_compatible(meta, other)  # another model under the same name
     # more layers than the model uses is fine (it takes the last K); dtype only warns
     assert check_cache_compatible(meta, dataclasses.replace(SETTINGS, k=4)) == []
     warnings = check_cache_compatible(meta, dataclasses.replace(SETTINGS, dtype="fp16"))

@@ -158,7 +158,7 @@ def test_towers_are_loaded_only_when_asked(tiny):
 def test_loading_errors_are_clear_and_never_random(tmp_path, tiny):
     with pytest.raises(ModelLoadError, match="never substitutes a random model") as err:
         ClipEncoder.load(str(tmp_path / "missing"), device="cpu")
-    assert "HF_HUB_OFFLINE" in str(err.value) and "--model" in str(err.value)
+    assert "HF_HUB_OFFLINE" in str(err.value) and "--clip" in str(err.value)
     with pytest.raises(ModelLoadError, match="r2test/absent"):
         ClipEncoder.load("r2test/absent", cache_dir=str(tmp_path), local_files_only=True)
     broken = tmp_path / "broken"

@@ -19,7 +19,8 @@ FPS = 0.5
 SETTINGS = CacheSettings(
     model_id="tiny-clip", revision=None, k=2, fps=FPS, frame_at="middle", image_size=32,
     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), dtype="fp32",
-    tokens_per_frame=3, video_dim=8, text_dim=6,
+    tokens_per_frame=3, video_dim=8, text_dim=6, model_fingerprint="sha256:" + "0" * 64,
+    tokenizer_fingerprint="clean1:sha256:" + "1" * 64,
 )  # fmt: skip
 # A tiny model over SETTINGS (seconds per test, not minutes).
 TINY = {"dims": 16, "heads": 2}

@@ -4,8 +4,9 @@
   relevant_windows, relevant_clip_ids, saliency_scores; TVSum/YouTube `label`/`match`),
   naming file:line:field on any problem.
 - `prepare_items` checks every query against the cache (missing videos/queries are an
-  error with counts, or dropped with `skip_missing`), applies the minimum-length filter and
-  builds the labels once (bad labels are skipped with a count, never silently).
+  error with counts, or dropped with `skip_missing`; a changed query text or fps is an
+  error, see feature_identity.py), applies the minimum-length filter and builds the labels
+  once with each video's own fps (bad labels are skipped with a count, never silently).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from r2.data.check import read_annotations as read_checked
 from r2.data.schema import Requirements
 from r2.errors import UsageError
 
+from .feature_identity import check_features_match
 from .labels import (
     clean_windows,
     positive_threshold,
@@ -59,6 +61,7 @@ class Item:
     anno: Annotation
     n_clips: int
     duration: float
+    fps: float = 0.0  # clips per second of the video's features (cache.video_fps); 0: unknown
     boundary: np.ndarray | None = None  # (N, 2) cleaned windows in seconds
     saliency: np.ndarray | None = None  # (T,) labels
     threshold: float = 0.0  # positive clips have saliency > threshold
@@ -207,10 +210,10 @@ def prepare_items(
     counts them and names the first few (never silently).
     """
     annos = check_coverage(annos, cache, skip_missing)
-    fps = cache.settings.fps
+    check_features_match(annos, cache)  # query texts and fps are what was extracted
     items, short, bad, far, cut = [], 0, [], [], []
     for a in annos:
-        record = cache.video_record(a.vid)
+        record, fps = cache.video_record(a.vid), cache.video_fps(a.vid)
         duration = float(a.data.get("duration") or record.duration)
         if train and min_video_len and duration < min_video_len:
             short += 1
@@ -220,7 +223,7 @@ def prepare_items(
         n_clips = record.n_clips
         if dataset in HIGHLIGHT_DATASETS:
             n_clips = _label_clips(a, n_clips, cut)
-        item = Item(anno=a, n_clips=n_clips, duration=duration)
+        item = Item(anno=a, n_clips=n_clips, duration=duration, fps=fps)
         if train:
             try:
                 build_labels(item, dataset, fps)

@@ -30,6 +30,7 @@ from safetensors.torch import save as st_save
 
 from r2 import __version__
 from r2.cache import CacheSettings
+from r2.cache.identity import by_name_warning, model_difference, tokenizer_difference
 from r2.errors import UsageError
 
 from .config import R2Config, TrainPreset
@@ -41,8 +42,9 @@ CHECKPOINT_FORMAT = 1  # bump on any incompatible change of the metadata layout
 META_KEY = "r2_meta"  # safetensors header key holding the JSON metadata
 CONVERTED_KEY = "r2_config"  # header key of `r2 convert` output (model config only)
 WEIGHTS_SUFFIX = ".safetensors"
-# Cache settings that must equal the checkpoint's (k is checked separately: cache K >= model K).
-MUST_MATCH = ("model_id", "fps", "frame_at", "image_size", "mean", "std",
+# Cache settings that must equal the checkpoint's (k is checked separately: cache K >= model K;
+# the CLIP model and tokenizer by identity, r2.cache.identity).
+MUST_MATCH = ("fps", "frame_at", "image_size", "mean", "std",
               "tokens_per_frame", "video_dim", "text_dim")  # fmt: skip
 
 
@@ -250,9 +252,11 @@ def load_checkpoint(
 def check_cache_compatible(meta: dict, cache_settings: CacheSettings) -> list[str]:
     """Refuse features the checkpoint's model was not trained on.
 
-    The CLIP model, fps, frame choice, preprocessing and feature sizes must equal the
-    checkpoint's; the cache must hold at least the model's K layers (the model uses the
-    last K). A different encoder compute dtype or unknown revision is only warned about.
+    The CLIP model (by content fingerprint; by name for checkpoints or caches made before
+    fingerprints, with a warning saying so), the tokenizer, fps, frame choice,
+    preprocessing and feature sizes must equal the checkpoint's; the cache must hold at
+    least the model's K layers (the model uses the last K). A different encoder compute
+    dtype is only warned about.
 
     Returns:
         Warnings (already logged) about differences that do not prevent use.
@@ -274,10 +278,10 @@ def check_cache_compatible(meta: dict, cache_settings: CacheSettings) -> list[st
         diffs.append(
             f"k: the model uses {model_k} CLIP layers, the cache holds only {cache_settings.k}"
         )
-    if trained.revision and cache_settings.revision and trained.revision != cache_settings.revision:
-        diffs.append(
-            f"revision: {trained.revision!r} (checkpoint) vs {cache_settings.revision!r} (cache)"
-        )
+    for diff in (model_difference(trained, cache_settings),
+                 tokenizer_difference(trained, cache_settings)):  # fmt: skip
+        if diff:
+            diffs.append(f"{diff} (checkpoint vs cache)")
     if diffs:
         raise CheckpointMismatchError(
             "the checkpoint was trained on features made with other settings:\n  - "
@@ -290,11 +294,9 @@ def check_cache_compatible(meta: dict, cache_settings: CacheSettings) -> list[st
             f"encoder dtype {trained.dtype} (checkpoint) vs {cache_settings.dtype} "
             "(cache): features differ slightly"
         )
-    if trained.revision != cache_settings.revision:
-        warnings.append(
-            f"model revision {trained.revision!r} (checkpoint) vs "
-            f"{cache_settings.revision!r} (cache): cannot verify identical weights"
-        )
+    by_name = by_name_warning(trained, cache_settings, ("checkpoint", "cache"))
+    if by_name:
+        warnings.append(by_name)
     for w in warnings:
         log.warning("%s", w)
     return warnings

@@ -161,7 +161,8 @@ class GroundingDataset(Dataset):
     Args:
         items: from `prepare_items`.
         features: a `FeatureCache` or `PreloadedFeatures`.
-        fps: clips per second of the features.
+        fps: clips per second of the features of items that do not carry their own
+            (`Item.fps`, set by `prepare_items` from the cache's per-video fps).
         k: number of CLIP layers the model uses (the last k of the cache's).
         train: attach labels and draw the positive clip.
         seed: base seed of the positive-clip draws.
@@ -195,7 +196,7 @@ class GroundingDataset(Dataset):
             vid=it.anno.vid,
             video=video,
             query=query,
-            fps=self.fps,
+            fps=it.fps or self.fps,
             duration=it.duration,
         )
         if self.train:
