@@ -99,11 +99,10 @@ def test_changed_annotation_fps_re_extracts_the_video(setup, tmp_path):
 def test_rows_of_one_video_must_agree_on_fps(setup, tmp_path):
     rows = [*setup["rows"], {"qid": 9, "query": "x", "vid": "fast", "fps": 1.0}]
     anno = _jsonl(tmp_path / "a.jsonl", rows)
-    with pytest.raises(InputError, match=r"a.jsonl:4: field 'fps' 1 for video 'fast' differs "
-                                         r"from the 2 given at .*a.jsonl:1"):  # fmt: skip
+    with pytest.raises(InputError, match=r"a.jsonl:4: field 'fps'.* video 'fast'.*a.jsonl:1"):
         extract([], tmp_path / "c.h5", [anno], model=str(setup["clip"]))
     bad = _jsonl(tmp_path / "b.jsonl", [{"qid": 1, "query": "x", "vid": "v", "fps": -2}])
-    with pytest.raises(InputError, match=r"b.jsonl:1: field 'fps' must be a positive number"):
+    with pytest.raises(InputError, match=r"b.jsonl:1: field 'fps':? must be a positive number"):
         extract([], tmp_path / "c.h5", [bad], model=str(setup["clip"]))
     assert not (tmp_path / "c.h5").exists()
 
