@@ -92,7 +92,9 @@ def test_extraction_through_spill_files_gives_the_same_cache(
     (tmp_path / "spilled.h5.frames").mkdir()  # a killed run's leftovers
     (tmp_path / "spilled.h5.frames" / "stale.rgb").write_bytes(b"x" * 100)
     spilled = extract([videos], out, model=tiny, workers=workers)
-    assert spilled.videos_done == plain.videos_done and not spilled.videos_skipped
+    # completion order may differ (decode workers finish in any order); the set may not
+    assert sorted(spilled.videos_done) == sorted(plain.videos_done)
+    assert not spilled.videos_skipped
     if workers == 0:
         assert len(written) == 2
     assert not (tmp_path / "spilled.h5.frames").exists()  # removed, with the stale file
