@@ -1,133 +1,174 @@
 """`r2 eval`: score predictions against ground truth, print a table, write JSON.
 
-Two modes:
-    r2 eval --pred PRED.jsonl --gt GT.jsonl [--dataset D] [--out metrics.json]
+Two modes; in both `--out` is an output FOLDER:
+    r2 eval --pred PRED.jsonl --gt GT.jsonl [--dataset D] [--out DIR]
+        writes DIR/metrics.json (an --out ending in ".json" is still taken as the metrics
+        file itself, the form of r2 0.1.0)
     r2 eval --checkpoint runs/NAME --cache cache/x.h5 --anno SPLIT.jsonl [--out DIR]
-The second runs inference first, writes DIR/predictions.jsonl (QVHighlights submission
-format) and, when the split has ground truth, DIR/metrics.json.
+        runs inference first and writes DIR/predictions.jsonl (QVHighlights submission
+        format) and, when the split has ground truth, DIR/metrics.json; default DIR:
+        eval_<split> beside the checkpoint.
+Outputs are written atomically with the usual permissions (umask); the output folder is
+checked for writability before any work.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from r2.errors import UsageError
 
-def _write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as indented JSON; atomic (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+METRICS_NAME = "metrics.json"
+EVAL_EXAMPLES = """Examples:
+
+  r2 eval --pred predictions.jsonl --gt val.jsonl --dataset qvhighlights --out eval/
+  r2 eval --checkpoint runs/qv --cache cache/qv.h5 --anno val.jsonl --out runs/qv/eval_val
+  r2 eval --pred preds.jsonl --gt test.jsonl -d charades --allow-partial
+"""
+
+Pred = Annotated[Path | None, typer.Option(
+    "--pred", help="Predictions, JSON Lines (QVHighlights submission format).",
+    dir_okay=False, show_default="none")]  # fmt: skip
+Gt = Annotated[Path | None, typer.Option("--gt", help="Ground-truth annotations, JSON Lines.",
+                                         dir_okay=False, show_default="none")]  # fmt: skip
+Dataset = Annotated[
+    str,
+    typer.Option(
+        "--dataset", "-d", help="qvhighlights | charades | tacos | ego4d | youtube | tvsum."
+    ),
+]
+Out = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        "-o",
+        show_default="none (--pred), eval_<split> beside the checkpoint",
+        help="Output folder: metrics.json (and predictions.jsonl with --checkpoint).",
+    ),
+]
+AllowPartial = Annotated[bool, typer.Option(
+    "--allow-partial", help="Score only the queries present in both files.")]  # fmt: skip
+ByQueryLength = Annotated[
+    bool,
+    typer.Option("--by-query-length", help="QVHighlights: add MR mAP by query length (Table 6)."),
+]
+Checkpoint = Annotated[Path | None, typer.Option(
+    "--checkpoint", help="Run folder or .safetensors: predict, then score.",
+    show_default="none")]  # fmt: skip
+Cache = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache", help="Feature cache of the split (with --checkpoint).", show_default="none"
+    ),
+]
+Anno = Annotated[Path | None, typer.Option(
+    "--anno", help="Split annotations, JSON Lines (with --checkpoint).", dir_okay=False,
+    show_default="none")]  # fmt: skip
+Device = Annotated[str, typer.Option(help="With --checkpoint: auto | cpu | cuda | cuda:N.")]
 
 
 def eval_command(
-    pred: Annotated[
-        Path | None,
-        typer.Option(
-            "--pred",
-            help="Predictions, JSON Lines (QVHighlights submission format).",
-            dir_okay=False,
-        ),
-    ] = None,
-    gt: Annotated[
-        Path | None,
-        typer.Option("--gt", help="Ground-truth annotations, JSON Lines.", dir_okay=False),
-    ] = None,
-    dataset: Annotated[
-        str,
-        typer.Option(
-            "--dataset", "-d", help="qvhighlights | charades | tacos | ego4d | youtube | tvsum."
-        ),
-    ] = "qvhighlights",
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Also write the metrics here as JSON.", dir_okay=False),
-    ] = None,
-    allow_partial: Annotated[
-        bool,
-        typer.Option("--allow-partial", help="Score only the queries present in both files."),
-    ] = False,
-    by_query_length: Annotated[
-        bool,
-        typer.Option(
-            "--by-query-length", help="QVHighlights: add MR mAP by query length (Table 6)."
-        ),
-    ] = False,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option("--checkpoint", help="Run folder or .safetensors: predict, then score."),
-    ] = None,
-    cache: Annotated[
-        Path | None, typer.Option("--cache", help="Feature cache of the split (with --checkpoint).")
-    ] = None,
-    anno: Annotated[
-        Path | None,
-        typer.Option(
-            "--anno", help="Split annotations, JSON Lines (with --checkpoint).", dir_okay=False
-        ),
-    ] = None,
-    device: Annotated[str, typer.Option(help="With --checkpoint: auto | cpu | cuda.")] = "auto",
+    pred: Pred = None,
+    gt: Gt = None,
+    dataset: Dataset = "qvhighlights",
+    out: Out = None,
+    allow_partial: AllowPartial = False,
+    by_query_length: ByQueryLength = False,
+    checkpoint: Checkpoint = None,
+    cache: Cache = None,
+    anno: Anno = None,
+    device: Device = "auto",
 ) -> None:
     """Score predictions against ground truth with the benchmark's official metrics."""
+    options = dict(locals())
     from r2.errors import cli_errors
-    from r2.evaluate import DATASETS, evaluate
+
+    with cli_errors():
+        if checkpoint is not None:
+            _checkpoint_mode(**_checkpoint_options(options))
+        else:
+            _file_mode(**_file_options(options))
+
+
+def _file_options(o: dict[str, Any]) -> dict[str, Any]:
+    """Check the options of `r2 eval --pred --gt`; the output path is checked writable."""
+    from r2.evaluate import DATASETS
+    from r2.files import ensure_writable
+
+    if o["dataset"] not in DATASETS:
+        raise UsageError(f"--dataset {o['dataset']}: choose one of {', '.join(DATASETS)}")
+    for name in ("pred", "gt"):
+        if o[name] is None:
+            raise UsageError(f"--{name} is required (or use --checkpoint)")
+    if o["by_query_length"] and o["dataset"] != "qvhighlights":
+        raise UsageError("--by-query-length: only for --dataset qvhighlights")
+    metrics_path = None
+    if o["out"] is not None:
+        metrics_path = metrics_file(o["out"])
+        ensure_writable(metrics_path, "metrics file")
+    keep = ("pred", "gt", "dataset", "allow_partial", "by_query_length")
+    return {**{k: o[k] for k in keep}, "metrics_path": metrics_path}
+
+
+def metrics_file(out: Path) -> Path:
+    """Where `--pred` mode writes the metrics: OUT/metrics.json, or OUT itself if it ends
+    in ".json" and is not a folder (the r2 0.1.0 form, still accepted)."""
+    if out.suffix.lower() == ".json" and not out.is_dir():
+        return out
+    return out / METRICS_NAME
+
+
+def _file_mode(pred: Path, gt: Path, dataset: str, allow_partial: bool, by_query_length: bool,
+               metrics_path: Path | None) -> None:  # fmt: skip
+    from r2.evaluate import evaluate
     from r2.evaluate.paper import split_of
     from r2.evaluate.report import format_metrics
+    from r2.files import write_text_atomic
 
-    if checkpoint is not None:
-        _checkpoint_mode(checkpoint, cache, anno, out, device)
-        return
-    if dataset not in DATASETS:
-        raise typer.BadParameter(f"choose one of {', '.join(DATASETS)}", param_hint="--dataset")
-    if pred is None:
-        raise typer.BadParameter("a prediction file is required", param_hint="--pred")
-    if gt is None:
-        raise typer.BadParameter("a ground-truth file is required", param_hint="--gt")
-    if by_query_length and dataset != "qvhighlights":
-        raise typer.BadParameter("only for --dataset qvhighlights", param_hint="--by-query-length")
-    with cli_errors():
-        metrics = evaluate(
-            pred, gt, dataset, allow_partial=allow_partial, by_query_length=by_query_length
-        )
+    metrics = evaluate(
+        pred, gt, dataset, allow_partial=allow_partial, by_query_length=by_query_length
+    )
     typer.echo(format_metrics(metrics, dataset, split_of(gt)))
-    if out is not None:
-        _write_json(out, metrics)
-        typer.echo(f"metrics written to {out}")
+    if metrics_path is not None:
+        write_text_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
+        typer.echo(f"metrics written to {metrics_path}")
 
 
-def _checkpoint_mode(
-    checkpoint: Path, cache: Path | None, anno: Path | None, out: Path | None, device: str
-) -> None:
+def _checkpoint_options(o: dict[str, Any]) -> dict[str, Any]:
+    """Check the options of `r2 eval --checkpoint`; the output folder is checked writable."""
+    from r2.device import resolve_device
+    from r2.files import ensure_writable_dir
+
+    for name, what in (("cache", "the split's feature cache"), ("anno", "the split's annotations")):
+        if o[name] is None:
+            raise UsageError(f"--{name} is required with --checkpoint ({what})")
+    for name in ("pred", "gt"):
+        if o[name] is not None:
+            raise UsageError(f"--{name} and --checkpoint are two different modes: give one")
+    resolve_device(o["device"])
+    checkpoint, anno = Path(o["checkpoint"]), Path(o["anno"])
+    out = o["out"]
+    if out is None:
+        out = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / f"eval_{anno.stem}"
+    elif out.suffix.lower() == ".json" and not out.is_dir():
+        raise UsageError(f"--out {out}: with --checkpoint, --out is a folder (it receives "
+                         f"predictions.jsonl and {METRICS_NAME})")  # fmt: skip
+    ensure_writable_dir(out, "output folder (--out)")
+    return {"checkpoint": checkpoint, "cache": o["cache"], "anno": anno, "out": out,
+            "device": o["device"]}  # fmt: skip
+
+
+def _checkpoint_mode(checkpoint: Path, cache: Path, anno: Path, out: Path, device: str) -> None:
     """`r2 eval --checkpoint`: inference over a split, submission file, metrics if labelled."""
-    from r2.errors import cli_errors
     from r2.evaluate.paper import split_of
     from r2.evaluate.report import format_metrics
     from r2.evaluate.split import evaluate_checkpoint
 
-    if cache is None:
-        raise typer.BadParameter("the split's feature cache is required", param_hint="--cache")
-    if anno is None:
-        raise typer.BadParameter("the split's annotations are required", param_hint="--anno")
-    out_dir = (
-        out
-        if out is not None
-        else Path(checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent)
-        / f"eval_{anno.stem}"
-    )
-    with cli_errors(usage=(ValueError,)):
-        result = evaluate_checkpoint(checkpoint, cache, anno, out_dir, device=device)
+    result = evaluate_checkpoint(checkpoint, cache, anno, out, device=device)
     if result.metrics is None:
         typer.echo(f"{anno} has no ground truth: submission written, no metrics")
     else:

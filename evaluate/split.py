@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,9 @@ def has_ground_truth(rows: list[dict[str, Any]]) -> bool:
     if not any(labelled):
         return False
     first = labelled.index(False)
-    raise ValueError(
+    from r2.evaluate.records import EvalInputError
+
+    raise EvalInputError(
         f"{sum(labelled)} of {len(rows)} annotation rows have ground truth but row {first + 1} "
         f"(qid {rows[first].get('qid')}) has none: score a labelled split or a test split, not both"
     )
@@ -75,6 +76,7 @@ def evaluate_checkpoint(
     from r2.cache import read_settings
     from r2.evaluate import evaluate_records
     from r2.evaluate.inference import predict_split
+    from r2.files import write_text_atomic
     from r2.train.checkpoint import check_cache_compatible, load_checkpoint, preset_from_meta
     from r2.train.data import read_annotations
     from r2.train.loop import resolve_device
@@ -98,23 +100,11 @@ def evaluate_checkpoint(
     pred_path = metrics_path = None
     if out_dir is not None:
         out = Path(out_dir)
-        pred_path = _write_atomic(
+        pred_path = write_text_atomic(
             out / PREDICTIONS_NAME, "".join(json.dumps(p) + "\n" for p in preds)
         )
         if metrics is not None:
-            metrics_path = _write_atomic(out / METRICS_NAME, json.dumps(metrics, indent=2) + "\n")
+            text = json.dumps(metrics, indent=2) + "\n"
+            metrics_path = write_text_atomic(out / METRICS_NAME, text)
         log.info("wrote %s%s", pred_path, f" and {metrics_path}" if metrics_path else "")
     return SplitResult(preds, metrics, dataset, pred_path, metrics_path)
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -21,61 +21,64 @@ from r2.extract.defaults import (
 log = logging.getLogger("r2.extract")
 
 
-def _choice(value: str | None, choices: tuple[str, ...], name: str) -> str | None:
-    if value is not None and value not in choices:
-        raise typer.BadParameter(f"must be one of {', '.join(choices)}", param_hint=name)
-    return value
+EXTRACT_EXAMPLES = """Examples:
+
+  r2 extract videos/ --anno train.jsonl --anno val.jsonl --out cache/qv.h5
+  r2 extract clip1.mp4 clip2.mkv --anno queries.jsonl --out cache/mine.h5 --fps 1
+  r2 extract videos/ --anno val.jsonl --clip ~/models/clip-vit-b32 --device cpu --workers 2
+"""
+
+Videos = Annotated[list[Path] | None, typer.Argument(
+    help="Video files and/or folders (searched recursively). Id = file stem.",
+    show_default=False)]  # fmt: skip
+Out = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Cache file.", show_default="cache/<first input's name>.h5"),
+]
+Anno = Annotated[list[Path] | None, typer.Option(
+    "--anno", help="QVHighlights-schema jsonl (qid, query; optional vid + fps: that video's "
+    "clips per second); repeatable.", show_default="none")]  # fmt: skip
+Clip = Annotated[str, typer.Option(
+    "--clip", "--model",
+    help="HuggingFace CLIP id or local folder (--model is an alias of --clip).")]  # fmt: skip
+Revision = Annotated[str | None, typer.Option(help="Hub branch, tag or commit.",
+                                              show_default="the latest")]  # fmt: skip
+K = Annotated[int, typer.Option("--k", min=1, help="Last CLIP blocks kept.")]
+Fps = Annotated[float, typer.Option(
+    min=0.0, help="Clips (frames) per second (unless --anno gives one).")]  # fmt: skip
+FrameAt = Annotated[str, typer.Option(
+    "--frame-at", help="Frame of each clip: middle (original) | start.")]  # fmt: skip
+Dtype = Annotated[str | None, typer.Option(help="Compute dtype fp32 | fp16 | bf16.",
+                                           show_default="fp16 on CUDA, else fp32")]  # fmt: skip
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+Workers = Annotated[int | None, typer.Option(
+    min=0, help="Decode processes (0: decode in this process).",
+    show_default="cores - 1, at most 8")]  # fmt: skip
+BatchFrames = Annotated[
+    int | None,
+    typer.Option(min=1, help="Frames per forward pass.", show_default="32 on CPU, 256 on GPU"),
+]
+AllowPartial = Annotated[bool, typer.Option(
+    "--allow-partial", help="Keep the decodable part of damaged videos.")]  # fmt: skip
+Strict = Annotated[bool, typer.Option(
+    "--strict", help="Stop at the first video that can't be used.")]  # fmt: skip
 
 
 def extract_command(
-    videos: Annotated[
-        list[Path] | None,
-        typer.Argument(help="Video files and/or folders (searched recursively). Id = file stem."),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Cache file. Default: cache/<first input's name>.h5"),
-    ] = None,
-    anno: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--anno",
-            help="QVHighlights-schema jsonl (qid, query; optional vid + fps: that video's "
-            "clips per second); repeatable.",
-        ),
-    ] = None,
-    clip: Annotated[
-        str,
-        typer.Option(
-            "--clip",
-            "--model",
-            help="HuggingFace CLIP id or local folder (--model is an alias of --clip).",
-        ),
-    ] = DEFAULT_MODEL,
-    revision: Annotated[str | None, typer.Option(help="Hub branch, tag or commit.")] = None,
-    k: Annotated[int, typer.Option("--k", min=1, help="Last CLIP blocks kept.")] = DEFAULT_K,
-    fps: Annotated[
-        float, typer.Option(min=0.0, help="Clips (frames) per second (unless --anno gives one).")
-    ] = DEFAULT_FPS,
-    frame_at: Annotated[
-        str, typer.Option("--frame-at", help="Frame of each clip: middle (original) | start.")
-    ] = DEFAULT_FRAME_AT,
-    dtype: Annotated[
-        str | None, typer.Option(help="Compute dtype fp32 | fp16 | bf16 (default fp32 on CPU).")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    workers: Annotated[
-        int | None, typer.Option(min=0, help="Decode processes (0: decode in this process).")
-    ] = None,
-    batch_frames: Annotated[
-        int | None, typer.Option(min=1, help="Frames per forward pass (default 32 CPU, 256 GPU).")
-    ] = None,
-    allow_partial: Annotated[
-        bool, typer.Option("--allow-partial", help="Keep the decodable part of damaged videos.")
-    ] = False,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Stop at the first video that can't be used.")
-    ] = False,
+    videos: Videos = None,
+    out: Out = None,
+    anno: Anno = None,
+    clip: Clip = DEFAULT_MODEL,
+    revision: Revision = None,
+    k: K = DEFAULT_K,
+    fps: Fps = DEFAULT_FPS,
+    frame_at: FrameAt = DEFAULT_FRAME_AT,
+    dtype: Dtype = None,
+    device: Device = "auto",
+    workers: Workers = None,
+    batch_frames: BatchFrames = None,
+    allow_partial: AllowPartial = False,
+    strict: Strict = False,
 ) -> None:
     """Extract multi-layer CLIP features of videos and queries into one cache file.
 
@@ -83,33 +86,39 @@ def extract_command(
     Unreadable videos are skipped with a reason; the exit code is 1 only if no given
     video ends up usable (or on any skip with --strict, or on an error).
     """
-    _choice(frame_at, FRAME_AT_CHOICES, "--frame-at")
-    _choice(dtype, DTYPE_CHOICES, "--dtype")
+    options = dict(locals())
+    from r2.errors import cli_errors
+
+    hint = "what was committed stays in the cache; re-run to finish"
+    with cli_errors(hint):
+        summary = run_extract(extract_options(options))
+    if not summary.usable:
+        print("error: nothing usable was extracted (see the skipped files above)", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+def extract_options(o: dict) -> dict:
+    """Check the command-line options; returns the keyword arguments of `r2.extract.extract`."""
+    from r2.device import resolve_device
+    from r2.errors import UsageError
+
+    for name, choices in (("frame_at", FRAME_AT_CHOICES), ("dtype", DTYPE_CHOICES)):
+        if o[name] is not None and o[name] not in choices:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} {o[name]}: must be one of {', '.join(choices)}")
+    resolve_device(o["device"])
+    o = {**o, "videos": o["videos"] or [], "anno": o["anno"] or []}
+    o["model"] = o.pop("clip")
+    return o
+
+
+def run_extract(o: dict):
+    """`r2.extract.extract` with console logging and progress bars that do not garble it."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from r2.errors import cli_errors
     from r2.extract import extract
 
-    hint = "what was committed stays in the cache; re-run to finish"
-    with cli_errors(hint, (ValueError,)), logging_redirect_tqdm():
-        summary = extract(
-            videos or [],
-            out,
-            anno or [],
-            model=clip,
-            revision=revision,
-            k=k,
-            fps=fps,
-            frame_at=frame_at,
-            dtype=dtype,
-            device=device,
-            workers=workers,
-            batch_frames=batch_frames,
-            allow_partial=allow_partial,
-            strict=strict,
-        )
-    if not summary.usable:
-        print("error: nothing usable was extracted (see the skipped files above)", file=sys.stderr)
-        raise typer.Exit(1)
+    with logging_redirect_tqdm():
+        return extract(o.pop("videos"), o.pop("out"), o.pop("anno"), **o)

@@ -19,6 +19,7 @@ import ftfy
 import numpy as np
 import torch
 
+from r2.errors import UsageError
 from r2.extract.defaults import DEFAULT_K, DEFAULT_MODEL
 from r2.extract.loading import (  # noqa: F401 - ModelLoadError is re-exported here
     PIXEL_SCALE,
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FRAME_CHUNK = 64  # frames per vision forward inside encode_frames (bounds activation memory)
 TEXT_CHUNK = 128  # queries per text forward (queries of one token length, so no padding)
+
+
+class EncoderOptionError(UsageError, ValueError):
+    """An encoder option that does not fit the model (k beyond its depth, unknown dtype)."""
 
 
 @dataclass(frozen=True)
@@ -70,16 +75,16 @@ def clean_text(text: str) -> str:
 
 
 def _pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from r2.device import resolve_device
+
+    return resolve_device(device)
 
 
 def _pick_dtype(dtype: str | None, device: torch.device) -> str:
     if dtype is None:
         return "fp16" if device.type == "cuda" else "fp32"
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise EncoderOptionError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     return dtype
 
 
@@ -135,7 +140,7 @@ class ClipEncoder:
         vcfg, tcfg = src.config.vision_config, src.config.text_config
         depth = min(vcfg.num_hidden_layers, tcfg.num_hidden_layers)
         if not 1 <= k <= depth:
-            raise ValueError(f"k must be in 1..{depth} for {model!r}, got {k}")
+            raise EncoderOptionError(f"k must be in 1..{depth} for {model!r}, got {k}")
         dev = _pick_device(device)
         dt = _pick_dtype(dtype, dev)
         vision = text = tokenizer = None

@@ -96,7 +96,9 @@ def _queries_without_video(queries, videos, cache_path: Path) -> list[str]:
 
 def default_workers() -> int:
     """Decode processes: all cores but the one driving the forward pass, at least 1, at most 8."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    from r2.device import available_cores  # affinity and cgroup quota, not the host's count
+
+    return max(1, min(8, available_cores() - 1))
 
 
 def default_out(inputs: Sequence[str | Path], annotations: Sequence[str | Path]) -> Path:
@@ -131,7 +133,9 @@ def _check_options(k: int, fps: float, frame_at: str, dtype, workers, batch_fram
     if batch_frames is not None and not (isinstance(batch_frames, int) and batch_frames >= 1):
         problems.append(f"batch_frames must be a positive integer, got {batch_frames!r}")
     if problems:
-        raise ValueError("; ".join(problems))
+        from .inputs import InputError
+
+        raise InputError("; ".join(problems))
 
 
 def extract(

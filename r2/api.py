@@ -300,13 +300,9 @@ def _put(features: np.ndarray, at: int, part: np.ndarray) -> np.ndarray:
 
 
 def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but this torch build sees no CUDA GPU")
-    return device
+    from r2.device import resolve_device  # one-line DeviceError for "gpu", CUDA-less torch
+
+    return str(resolve_device(device))
 
 
 def _settings_mismatches(encoder: ClipEncoder, settings: dict, clip_model: str | None) -> list[str]:

@@ -31,6 +31,12 @@ EXIT_CODES_EPILOG = (
     "checkpoints); 130 interrupted."
 )
 
+
+def help_epilog(examples: str) -> str:
+    """The end of a command's `--help`: its examples, then the exit codes."""
+    return examples.rstrip() + "\n\n" + EXIT_CODES_EPILOG
+
+
 # OSError numbers that mean "the user's input is wrong" rather than "the run failed"
 _INPUT_ERRNOS = {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG}
 

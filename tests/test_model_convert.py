@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from r2.cli import app
 from r2.train.convert import (
+    ConvertError,
     config_from_official,
     load_official_state_dict,
     read_state_dict,
@@ -88,7 +89,7 @@ def test_refuses_pickled_objects(tmp_path):
     torch.save({"state_dict": {"coef": torch.ones(4)}, "evil": _Payload()}, tmp_path / "x.pth")
     with pytest.raises(ValueError, match="weights-only"):
         read_state_dict(tmp_path / "x.pth")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConvertError, match=r"missing\.pth: checkpoint not found"):
         read_state_dict(tmp_path / "missing.pth")
 
 

@@ -115,7 +115,7 @@ def test_cli_trains_and_reports(tmp_path):
     bad = CliRunner().invoke(app, [*args[:-2], "--preload", "disk"])
     assert bad.exit_code != 0 and "--preload" in bad.output
     unknown = CliRunner().invoke(app, [*args, "--config", "nosuch=1", "--out", str(tmp_path / "u")])
-    assert unknown.exit_code == 2 and "unknown model option(s) ['nosuch']" in unknown.output
+    assert unknown.exit_code == 2 and "nosuch: unknown R2Config field" in unknown.output
     missing = write_jsonl(tmp_path / "m.jsonl", make_annotations(3, qid_start=500))
     run2 = ["--train-anno", str(missing), "--out", str(tmp_path / "run2"), "--device", "cpu"]
     result = CliRunner().invoke(app, [*args[:2], *run2])

@@ -32,8 +32,11 @@ from r2 import __version__
 from r2.cache import CacheSettings
 from r2.cache.identity import by_name_warning, model_difference, tokenizer_difference
 from r2.errors import UsageError
+from r2.fields import dataclass_problems
+from r2.files import atomic_write
 
 from .config import R2Config, TrainPreset
+from .metadata import describe_problems, meta_problems, nonfinite_tensors, tensor_problems
 from .model import R2Model
 
 log = logging.getLogger(__name__)
@@ -64,20 +67,11 @@ class CheckpointMismatchError(CheckpointError):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (tmp file in the same folder, fsync, os.replace)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write `data` to `path` atomically (r2.files: temporary file beside it, fsync, rename)."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
     try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(Path(path).parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -103,15 +97,17 @@ def _json_default(obj: Any) -> Any:
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
-    """`runs/x` -> `runs/x/best.safetensors`; `runs/x/best` or `best.json` -> `.safetensors`;
-    `official:NAME` -> the released checkpoint NAME, fetched and converted once (r2.zoo)."""
+    """`runs/x` -> `runs/x/best.safetensors` (`last.safetensors` when the run has no best);
+    `runs/x/best` or `best.json` -> `.safetensors`; `official:NAME` -> the released
+    checkpoint NAME, fetched and converted once (r2.zoo)."""
     if str(path).startswith("official:"):
         from r2.zoo import fetch
 
         return fetch(str(path))
     p = Path(path)
-    if p.is_dir():
-        return p / f"best{WEIGHTS_SUFFIX}"
+    if p.is_dir():  # a run folder: its best epoch, or its last one if it never validated
+        best, last = p / f"best{WEIGHTS_SUFFIX}", p / f"last{WEIGHTS_SUFFIX}"
+        return last if last.is_file() and not best.exists() else best
     if p.suffix == ".json":
         return p.with_suffix(WEIGHTS_SUFFIX)
     if p.suffix == WEIGHTS_SUFFIX:
@@ -172,50 +168,88 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: dict)
     return p
 
 
-def read_meta(path: str | os.PathLike) -> dict:
-    """The metadata of a checkpoint (from the weights file's header), without loading it."""
-    p = resolve_path(path)
+def _read_header(p: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
+    """(string metadata, {tensor: (dtype, shape)}) of a safetensors file, tensors unread."""
+    if p.is_dir():
+        raise CheckpointError(f"{p}: is a folder, not a checkpoint file")
     if not p.is_file():
         raise CheckpointError(f"{p}: checkpoint not found")
     try:
         with safe_open(str(p), framework="pt") as f:
             header = f.metadata() or {}
+            tensors = {}
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                part = f.get_slice(name)
+                tensors[name] = (part.get_dtype(), tuple(part.get_shape()))
     except Exception as exc:  # safetensors raises several types for corrupt files
-        raise CheckpointError(f"{p}: not a readable safetensors checkpoint: {exc}") from exc
-    if META_KEY not in header and CONVERTED_KEY in header:  # `r2 convert` output
-        return {
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{p}: not a readable safetensors checkpoint ({reason})") from None
+    return header, tensors
+
+
+def _decode(p: Path, text: str, key: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        msg = f"{p}: invalid metadata: {key} is not JSON ({exc})"
+        raise CheckpointError(msg) from None
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The metadata of a checkpoint (from the weights file's header), without loading it.
+
+    The metadata is validated (see r2.train.metadata): a malformed one is refused with one
+    error naming the file and every bad field.
+    """
+    p = resolve_path(path)
+    header, _ = _read_header(p)
+    if META_KEY not in header and CONVERTED_KEY in header:  # old `r2 convert` output
+        meta = {
             "format": CHECKPOINT_FORMAT,
-            "config": json.loads(header[CONVERTED_KEY]),
+            "config": _decode(p, header[CONVERTED_KEY], CONVERTED_KEY),
             "cache_settings": None,
             "converted_from": header.get("source"),
         }
-    if META_KEY not in header:
+        problems = meta_problems(meta, converted=True)
+    elif META_KEY not in header:
         raise CheckpointError(
             f"{p}: no r2 metadata in the file (not an r2 checkpoint; "
             "convert original weights with `r2 convert`)"
         )
-    meta = json.loads(header[META_KEY])
-    if meta.get("format", 0) > CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{p}: checkpoint format {meta.get('format')} is newer than this "
-            f"r2 ({__version__}) understands ({CHECKPOINT_FORMAT}); upgrade r2"
-        )
+    else:
+        meta = _decode(p, header[META_KEY], META_KEY)
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        if isinstance(fmt, int) and fmt > CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{p}: checkpoint format {fmt} is newer than this "
+                f"r2 ({__version__}) understands ({CHECKPOINT_FORMAT}); upgrade r2"
+            )
+        problems = meta_problems(meta)
+    if problems:
+        raise CheckpointError(describe_problems(p, problems))
     return meta
 
 
 def config_from_meta(meta: dict) -> R2Config:
     """The `R2Config` stored in checkpoint metadata (unknown fields are an error)."""
-    known = {f.name for f in dataclasses.fields(R2Config)}
-    unknown = sorted(set(meta["config"]) - known)
-    if unknown:
-        raise CheckpointError(f"checkpoint config has fields this r2 does not know: {unknown}")
-    return R2Config(**meta["config"])
+    problems = dataclass_problems(R2Config, meta.get("config"), "config")
+    if problems:
+        raise CheckpointError("checkpoint metadata: " + "; ".join(problems))
+    try:
+        return R2Config(**meta["config"])
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint metadata: {err}") from None
 
 
 def preset_from_meta(meta: dict) -> TrainPreset:
     """The (possibly overridden) `TrainPreset` stored in checkpoint metadata."""
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["preset"].items()}
-    return TrainPreset(**values)
+    problems = dataclass_problems(TrainPreset, meta.get("preset"), "preset")
+    if problems:
+        raise CheckpointError("checkpoint metadata: " + "; ".join(problems))
+    try:
+        return TrainPreset(**meta["preset"])
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint metadata: {err}") from None
 
 
 def load_checkpoint(
@@ -223,25 +257,39 @@ def load_checkpoint(
 ) -> tuple[R2Model, dict]:
     """Load a model checkpoint; the model config comes from the file itself.
 
+    The metadata and every tensor's name, dtype and shape are checked against the stored
+    config before the model is built (nothing is allocated for a lying config); weights
+    holding NaN or infinity are refused.
+
     Args:
         path: a `.safetensors` checkpoint, its `.json` twin, its stem, or a run directory
-            (then `best.safetensors` inside it).
+            (then `best.safetensors` inside it, or `last.safetensors` for a run without
+            validation).
         device: where to put the model.
 
     Returns:
         (model in eval mode, metadata dict).
 
     Raises:
-        CheckpointError: missing, corrupt, not an r2 checkpoint, or weights not matching
-            the stored config.
+        CheckpointError: missing, corrupt, not an r2 checkpoint, malformed metadata, or
+            weights not matching the stored config.
     """
     p = resolve_path(path)
     meta = read_meta(p)
-    model = R2Model(config_from_meta(meta))
+    cfg = config_from_meta(meta)
+    problems = tensor_problems(_read_header(p)[1], cfg)
+    if problems:
+        raise CheckpointError(
+            describe_problems(p, problems, "weights do not match the stored model config")
+        )
     try:  # tensors own their memory (writable, aligned), unlike views into a bytes object
         state = load_file(str(p))
     except Exception as exc:
         raise CheckpointError(f"{p}: unreadable weights: {exc}") from exc
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CheckpointError(f"{p}: weights hold NaN or infinity: {', '.join(bad[:5])}")
+    model = R2Model(cfg)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -1,136 +1,165 @@
-"""`r2 train` (wraps `r2.train.train`) and `r2 convert` commands."""
+"""`r2 train` (wraps `r2.train.train`) and `r2 convert` commands.
+
+The typer functions only declare options; checking them (`train_options`) and the work
+(`r2.train.train`, `r2.train.convert.convert_checkpoint`) are separate functions.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from r2.errors import UsageError
+
 PRELOAD_CHOICES = ("none", "ram", "gpu", "auto")
 AMP_CHOICES = ("auto", "off", "fp16", "bf16")
+PRESET_HELP = "qvhighlights | charades | tacos | ego4d | youtube | tvsum"
+FROM_PRESET = "from --preset"
 
+TRAIN_EXAMPLES = """Examples:
 
-def _parse_config(items: list[str] | None) -> dict[str, Any]:
-    """`--config dims=64 --config padding_invariant=true` -> {"dims": 64, ...} (JSON values)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--config")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value  # a bare string such as fusion=mean
-    return out
+  r2 train --cache cache/qv.h5 --train-anno train.jsonl --val-anno val.jsonl --out runs/qv
+  r2 train --cache cache/qv.h5 --train-anno train.jsonl --out runs/qv --resume
+  r2 train --cache c.h5 --train-anno t.jsonl --val-anno v.jsonl --out runs/small \\
+      --epochs 5 --config dims=128 --config padding_invariant=true
+"""
+CONVERT_EXAMPLES = """Examples:
+
+  r2 convert qvhighlights_r2.pth runs/official/best.safetensors
+  r2 convert charades.pth models/charades.safetensors --preset charades
+"""
+
+Cache = Annotated[Path, typer.Option("--cache", help="Feature cache (.h5) from r2 extract.")]
+TrainAnno = Annotated[Path, typer.Option("--train-anno", help="Training jsonl.")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Run folder, e.g. runs/NAME.")]
+ValAnno = Annotated[Path | None, typer.Option(
+    "--val-anno", help="Validation jsonl with ground truth. With --resume: default the run's.",
+    show_default="none")]  # fmt: skip
+Preset = Annotated[str, typer.Option(help=PRESET_HELP)]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+Resume = Annotated[bool, typer.Option(
+    "--resume", help="Continue the run in --out exactly where it stopped.")]  # fmt: skip
+Epochs = Annotated[int | None, typer.Option(min=1, help="Training epochs.",
+                                            show_default=FROM_PRESET)]  # fmt: skip
+BatchSize = Annotated[int | None, typer.Option(min=1, help="Batch size.", show_default=FROM_PRESET)]
+Lr = Annotated[float | None, typer.Option(min=0.0, help="Peak learning rate.",
+                                          show_default=FROM_PRESET)]  # fmt: skip
+Warmup = Annotated[int | None, typer.Option(min=0, help="Warm-up iterations.",
+                                            show_default=FROM_PRESET)]  # fmt: skip
+LrDrop = Annotated[int | None, typer.Option(
+    min=0, help="Epoch of the x0.1 LR drop; 0 = never.", show_default=FROM_PRESET)]  # fmt: skip
+Seed = Annotated[int, typer.Option(help="Seed of init, data order and draws.")]
+Workers = Annotated[int | None, typer.Option(
+    min=0, help="Data-loader processes (0: load in the training process).",
+    show_default="min(4, cores - 1)")]  # fmt: skip
+Preload = Annotated[str, typer.Option(help="Keep features in memory: none | ram | gpu | auto.")]
+K = Annotated[int | None, typer.Option("--k", min=1, help="CLIP layers used (last K of the cache).",
+                                       show_default="min(4, the cache's)")]  # fmt: skip
+SaveEvery = Annotated[int, typer.Option(
+    min=0, help="Also save the resume state every N steps (0: per epoch).")]  # fmt: skip
+MaxSteps = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="Stop after N steps in total (--resume goes on).", show_default="none"
+    ),
+]
+Amp = Annotated[str, typer.Option(help="auto (fp16 on CUDA) | off | fp16 | bf16.")]
+SkipMissing = Annotated[bool, typer.Option(
+    "--skip-missing", help="Drop queries whose features are not cached.")]  # fmt: skip
+StrictAnno = Annotated[bool, typer.Option(
+    "--strict-anno", help="Windows needing repairs (start > end, negative, past the end, zero "
+    "length) are errors, not counted warnings.")]  # fmt: skip
+Config = Annotated[list[str] | None, typer.Option(
+    "--config", show_default="the preset's model",
+    help="Model option KEY=VALUE (an R2Config field; booleans true/false/1/0/yes/no, lists "
+    "comma-separated); repeatable.")]  # fmt: skip
 
 
 def train_command(
-    cache: Annotated[Path, typer.Option("--cache", help="Feature cache (.h5) from r2 extract.")],
-    train_anno: Annotated[Path, typer.Option("--train-anno", help="Training jsonl.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder, e.g. runs/NAME.")],
-    val_anno: Annotated[
-        Path | None, typer.Option("--val-anno", help="Validation jsonl with ground truth.")
-    ] = None,
-    preset: Annotated[
-        str, typer.Option(help="qvhighlights | charades | tacos | ego4d | youtube | tvsum")
-    ] = "qvhighlights",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")
-    ] = False,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Override the preset.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Override the preset.")] = None,
-    lr: Annotated[float | None, typer.Option(min=0.0, help="Override the preset.")] = None,
-    warmup: Annotated[
-        int | None, typer.Option(min=0, help="Warm-up iterations (override the preset).")
-    ] = None,
-    lr_drop: Annotated[
-        int | None, typer.Option(min=0, help="Epoch of the x0.1 LR drop; 0 = never (override).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of init, data order and draws.")] = 0,
-    workers: Annotated[int, typer.Option(min=0, help="Data-loader processes.")] = 4,
-    preload: Annotated[
-        str, typer.Option(help="Keep features in memory: none | ram | gpu | auto.")
-    ] = "auto",
-    k: Annotated[
-        int | None, typer.Option("--k", min=1, help="CLIP layers used (last K of the cache).")
-    ] = None,
-    save_every: Annotated[
-        int, typer.Option(min=0, help="Also save the resume state every N steps (0: per epoch).")
-    ] = 0,
-    max_steps: Annotated[
-        int | None, typer.Option(min=1, help="Stop after N steps in total (--resume goes on).")
-    ] = None,
-    amp: Annotated[str, typer.Option(help="auto (fp16 on CUDA) | off | fp16 | bf16.")] = "auto",
-    skip_missing: Annotated[
-        bool, typer.Option("--skip-missing", help="Drop queries whose features are not cached.")
-    ] = False,
-    config: Annotated[
-        list[str] | None,
-        typer.Option("--config", help="Model option KEY=VALUE (R2Config field); repeatable."),
-    ] = None,
-    strict_anno: Annotated[
-        bool,
-        typer.Option(
-            "--strict-anno",
-            help="Windows needing repairs (start > end, negative, "
-            "past the end, zero length) are errors, not counted warnings.",
-        ),
-    ] = False,
+    cache: Cache,
+    train_anno: TrainAnno,
+    out: Out,
+    val_anno: ValAnno = None,
+    preset: Preset = "qvhighlights",
+    device: Device = "auto",
+    resume: Resume = False,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    warmup: Warmup = None,
+    lr_drop: LrDrop = None,
+    seed: Seed = 0,
+    workers: Workers = None,
+    preload: Preload = "auto",
+    k: K = None,
+    save_every: SaveEvery = 0,
+    max_steps: MaxSteps = None,
+    amp: Amp = "auto",
+    skip_missing: SkipMissing = False,
+    config: Config = None,
+    strict_anno: StrictAnno = False,
 ) -> None:
     """Train R²-Tuning on cached CLIP features; validates every epoch, keeps the best.
 
     Outputs in --out: best.safetensors/.json (best epoch by the key validation metric:
     MR-full-mAP for QVHighlights, mIoU for Charades-STA/TACoS/Ego4D-NLQ, mAP for YouTube
-    Highlights/TVSum), last.*, resume.safetensors (optimizer, RNG and data position for an
-    exact --resume), log.jsonl (one JSON object per log line) and train.log.
+    Highlights/TVSum; only validated epochs), last.*, resume.safetensors (optimizer, RNG and
+    data position for an exact --resume), log.jsonl (one JSON object per log line) and
+    train.log. Ctrl-C stops promptly; --resume continues from the last saved state.
     """
-    for value, choices, name in (
-        (preload, PRELOAD_CHOICES, "--preload"),
-        (amp, AMP_CHOICES, "--amp"),
-    ):
-        if value not in choices:
-            raise typer.BadParameter(f"must be one of {', '.join(choices)}", param_hint=name)
-    overrides = _parse_config(config)
+    options = dict(locals())
+    from r2.errors import cli_errors
+
+    hint = f"the last saved state is in {out} (continue with --resume)"
+    with cli_errors(hint):
+        summary = run_train(train_options(options))
+    print(format_summary(summary, out))
+
+
+def train_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Check the command-line options; returns the keyword arguments of `r2.train.train`.
+
+    Raises:
+        UsageError: naming the option (several bad --config values are reported together).
+    """
+    from r2.device import resolve_device
+    from r2.fields import parse_assignments
+    from r2.train.config import ConfigError, R2Config
+
+    for name, choices in (("preload", PRELOAD_CHOICES), ("amp", AMP_CHOICES)):
+        if options[name] not in choices:
+            raise UsageError(f"--{name} {options[name]}: must be one of {', '.join(choices)}")
+    resolve_device(options["device"])
+    try:
+        options["config"] = parse_assignments(R2Config, options["config"] or [])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return options
+
+
+def run_train(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`r2.train.train` with console logging and progress bars that do not garble it."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from r2.errors import cli_errors
     from r2.train import train
 
-    hint = f"the last saved state is in {out} (continue with --resume)"
-    with cli_errors(hint, (ValueError, KeyError)), logging_redirect_tqdm():
-        summary = train(
-            cache,
-            train_anno,
-            out,
-            val_anno=val_anno,
-            preset=preset,
-            device=device,
-            resume=resume,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            warmup=warmup,
-            lr_drop=lr_drop,
-            seed=seed,
-            workers=workers,
-            preload=preload,
-            k=k,
-            save_every=save_every,
-            max_steps=max_steps,
-            amp=amp,
-            skip_missing=skip_missing,
-            config=overrides,
-            strict_anno=strict_anno,
-        )
+    with logging_redirect_tqdm():
+        return train(**kwargs)
+
+
+def format_summary(summary: dict[str, Any], out: Path) -> str:
+    """The last line of `r2 train`: where it stopped and the best checkpoint ON DISK."""
     best = summary.get("best")
-    shown = "n/a" if best is None else f"{best:.2f} (epoch {summary['best_epoch']})"
-    print(
+    if summary.get("best_checkpoint") is None:
+        shown = "none (no validated epoch; use last.safetensors)"
+    else:
+        shown = f"{best:.2f} (epoch {summary['best_epoch']})"
+    return (
         f"{'finished' if summary['finished'] else 'stopped'} at epoch {summary['epoch']}, "
         f"step {summary['step']}; best {summary['key_metric']}: {shown}; "
         f"checkpoints in {out}"
@@ -141,18 +170,19 @@ def convert_command(
     src: Annotated[Path, typer.Argument(help="Original R2-Tuning checkpoint (.pth/.safetensors).")],
     dst: Annotated[Path, typer.Argument(help="Output .safetensors in r2's layout.")],
     preset: Annotated[
-        str, typer.Option(help="Dataset the weights were trained on (post-processing).")
+        str, typer.Option(help=f"Dataset the weights were trained on: {PRESET_HELP}.")
     ] = "qvhighlights",
 ) -> None:
     """Import an official R2-Tuning checkpoint (original key layout) as r2 weights.
 
-    Unknown, missing or mis-shaped keys are refused with the full list. The model
-    configuration is read from the tensor shapes and stored in the output's metadata.
+    Unknown, missing or mis-shaped keys are refused with the full list, and so are weights
+    holding NaN or infinity. Torch files are read weights-only (nothing is unpickled). The
+    model configuration is read from the tensor shapes and stored in the output's metadata.
     """
     from r2.errors import cli_errors
     from r2.train.convert import convert_checkpoint
 
-    with cli_errors(usage=(ValueError, KeyError)):
+    with cli_errors():
         model = convert_checkpoint(src, dst, preset=preset)
     n = sum(p.numel() for p in model.parameters())
     print(f"converted {src} -> {dst} ({n:,} parameters)")

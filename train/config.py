@@ -9,12 +9,25 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-FUSIONS = ("recurrent", "single", "mean")
-DIRECTIONS = ("reversed", "forward")
-ATTENTIONS = ("cross", "self")
-CLS_LOSSES = ("focal", "bce")
-SALIENCY_TERMS = ("row", "col")
-NMS_TYPES = ("normal", "linear")
+from .config_checks import (
+    ATTENTIONS,
+    CLS_LOSSES,
+    DIRECTIONS,
+    FUSIONS,
+    NMS_TYPES,
+    SALIENCY_TERMS,
+    ConfigError,
+    PresetError,
+    as_tuple,
+    preset_problems,
+    r2config_problems,
+    type_problems,
+)
+
+__all__ = [
+    "ATTENTIONS", "CLS_LOSSES", "DIRECTIONS", "FUSIONS", "NMS_TYPES", "PRESETS",
+    "SALIENCY_TERMS", "ConfigError", "PresetError", "R2Config", "TrainPreset", "get_preset",
+]  # fmt: skip
 
 
 @dataclass
@@ -100,12 +113,12 @@ class R2Config:
     """Temperature of the saliency and calibration contrastive losses."""
 
     def __post_init__(self) -> None:
-        self.attention_order = tuple(self.attention_order)
-        self.strides = tuple(int(s) for s in self.strides)
-        self.saliency_terms = tuple(self.saliency_terms)
-        problems = _problems(self)
+        self.attention_order = as_tuple(self.attention_order)
+        self.strides = as_tuple(self.strides)
+        self.saliency_terms = as_tuple(self.saliency_terms)
+        problems = type_problems(self) or r2config_problems(self)  # ranges: well-typed only
         if problems:
-            raise ValueError("invalid R2Config:\n  - " + "\n  - ".join(problems))
+            raise ConfigError("invalid R2Config:\n  - " + "\n  - ".join(problems))
 
     @property
     def num_steps(self) -> int:
@@ -115,59 +128,6 @@ class R2Config:
     def replace(self, **changes) -> R2Config:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
-
-
-def _problems(c: R2Config) -> list[str]:
-    """Every problem of a config, as readable lines (empty when valid)."""
-    p: list[str] = []
-    for name in ("video_dim", "query_dim", "dims", "k", "heads", "ffn_ratio", "temporal_layers"):
-        value = getattr(c, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            p.append(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(c.dims, int) and isinstance(c.heads, int) and c.heads > 0 and c.dims % c.heads:
-        p.append(f"dims ({c.dims}) must be divisible by heads ({c.heads})")
-    if isinstance(c.dims, int) and c.dims % 2:
-        p.append(f"dims must be even for the sinusoidal position encoding, got {c.dims}")
-    for name, allowed in (("fusion", FUSIONS), ("direction", DIRECTIONS), ("cls_loss", CLS_LOSSES)):
-        if getattr(c, name) not in allowed:
-            p.append(f"{name} must be one of {allowed}, got {getattr(c, name)!r}")
-    if sorted(c.attention_order) != sorted(ATTENTIONS):
-        p.append(f"attention_order must be an ordering of {ATTENTIONS}, got {c.attention_order}")
-    for name in ("dropout", "droppath"):
-        if not 0.0 <= getattr(c, name) < 1.0:
-            p.append(f"{name} must be in [0, 1), got {getattr(c, name)}")
-    if not c.strides or c.strides[0] != 1:
-        p.append(f"strides must start with 1, got {c.strides}")
-    if any(s < 1 or s & (s - 1) for s in c.strides):
-        p.append(f"strides must be powers of two, got {c.strides}")
-    if list(c.strides) != sorted(set(c.strides)):
-        p.append(f"strides must be strictly increasing, got {c.strides}")
-    if c.max_num_moment < 1:
-        p.append(f"max_num_moment must be >= 1, got {c.max_num_moment}")
-    if c.sample_radius < 0:
-        p.append(f"sample_radius must be >= 0, got {c.sample_radius}")
-    if c.focal_gamma < 0:
-        p.append(f"focal_gamma must be >= 0, got {c.focal_gamma}")
-    if c.focal_alpha is not None and not 0.0 <= c.focal_alpha <= 1.0:
-        p.append(f"focal_alpha must be None or in [0, 1], got {c.focal_alpha}")
-    for name in ("loss_cls_weight", "loss_reg_weight", "loss_sal_weight"):
-        if getattr(c, name) < 0:
-            p.append(f"{name} must be >= 0, got {getattr(c, name)}")
-    for name in ("loss_video_cal_weight", "loss_layer_cal_weight"):
-        if getattr(c, name) < 0:
-            p.append(f"{name} must be >= 0, got {getattr(c, name)}")
-    if not c.saliency_terms or any(t not in SALIENCY_TERMS for t in c.saliency_terms):
-        p.append(
-            f"saliency_terms must be a non-empty subset of {SALIENCY_TERMS}, got {c.saliency_terms}"
-        )
-    if c.temperature <= 0:
-        p.append(f"temperature must be > 0, got {c.temperature}")
-    if not c.coord_head and c.loss_reg_weight > 0:
-        p.append(
-            "coord_head=False has no boundary regression: set loss_reg_weight=0 "
-            "(the class head is then trained on the saliency labels)"
-        )
-    return p
 
 
 @dataclass(frozen=True)
@@ -221,6 +181,13 @@ class TrainPreset:
     """Gradient clipping max L2 norm."""
     domains: tuple[str, ...] = field(default_factory=tuple)
     """Per-domain training (YouTube Highlights, TVSum): the domain names."""
+
+    def __post_init__(self) -> None:
+        for name in ("saliency_terms", "strides", "domains"):
+            object.__setattr__(self, name, as_tuple(getattr(self, name)))
+        problems = type_problems(self) or preset_problems(self)
+        if problems:
+            raise ConfigError("invalid TrainPreset:\n  - " + "\n  - ".join(problems))
 
     def model_config(self, **overrides) -> R2Config:
         """The `R2Config` of this dataset, with optional field overrides."""
@@ -353,10 +320,10 @@ def get_preset(name: str) -> TrainPreset:
     """The preset of a dataset by name (case-insensitive; e.g. "qvhighlights", "charades").
 
     Raises:
-        KeyError: unknown name; the message lists the known ones.
+        PresetError: unknown name (a KeyError); the message lists the known ones.
     """
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in PRESETS:
-        raise KeyError(f"unknown dataset preset {name!r}; known: {', '.join(PRESETS)}")
+        raise PresetError(f"unknown dataset preset {name!r}; known: {', '.join(PRESETS)}")
     return PRESETS[key]

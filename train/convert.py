@@ -17,10 +17,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from r2.errors import UsageError
+
 from .config import R2Config
 from .model import R2Model
 
 log = logging.getLogger(__name__)
+
+
+class ConvertError(UsageError, ValueError):
+    """An original checkpoint cannot be imported; the message names the file and why."""
+
 
 _STEP = "block.steps.0"
 _TEM = f"{_STEP}.temporal.layers.0"
@@ -66,26 +73,35 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     "module." prefix (DataParallel) is removed.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConvertError(f"{path}: is a folder; give the checkpoint file (.pth/.safetensors)")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        raise ConvertError(f"{path}: checkpoint not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        sd = load_file(str(path))
-    else:
-        try:
+            sd = load_file(str(path))
+        else:  # weights_only: tensors and plain containers, never arbitrary pickled objects
             sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unpickling refused or not a torch file
-            raise ValueError(
-                f"{path}: cannot read as a weights-only torch checkpoint "
-                f"({type(e).__name__}: {str(e).splitlines()[0]})"
-            ) from e
-        for wrapper in ("state_dict", "model"):
-            if isinstance(sd, Mapping) and isinstance(sd.get(wrapper), Mapping):
-                sd = sd[wrapper]
+    except MemoryError:
+        raise ConvertError(f"{path}: too large to read into memory") from None
+    except Exception as e:  # unpickling refused, not a torch file, truncated, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        kind = "safetensors" if path.suffix == ".safetensors" else "weights-only torch"
+        raise ConvertError(
+            f"{path}: cannot read as a {kind} checkpoint ({type(e).__name__}: {first[:200]})"
+        ) from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(sd, Mapping) and isinstance(sd.get(wrapper), Mapping):
+            sd = sd[wrapper]
     if not isinstance(sd, Mapping) or not all(torch.is_tensor(v) for v in sd.values()):
-        raise ValueError(f"{path}: no state dict of tensors found")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+        raise ConvertError(f"{path}: no state dict of tensors found")
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise ConvertError(f"{path}: weights hold NaN or infinity: {shown}")
+    return {str(k).removeprefix("module."): v for k, v in sd.items()}
 
 
 def config_from_official(sd: Mapping[str, Tensor], **overrides) -> R2Config:
@@ -105,7 +121,7 @@ def config_from_official(sd: Mapping[str, Tensor], **overrides) -> R2Config:
             strides=tuple(2**j for j in range(sd["coef"].numel())),
         )
     except KeyError as e:
-        raise ValueError(f"not an original R2-Tuning state dict: key {e} is missing") from e
+        raise ConvertError(f"not an original R2-Tuning state dict: key {e} is missing") from e
     if not any(k.startswith("coord_head.") for k in sd):
         values.update(
             coord_head=False,
@@ -122,7 +138,7 @@ def load_official_state_dict(model: R2Model, sd: Mapping[str, Tensor]) -> None:
     """Load an original-layout state dict into `model` (renamed; strict).
 
     Raises:
-        ValueError: listing every unknown, missing or mis-shaped key, or a saliency
+        ConvertError: listing every unknown, missing or mis-shaped key, or a saliency
             temperature that differs from the model's config.
     """
     ours = model.state_dict()
@@ -133,7 +149,7 @@ def load_official_state_dict(model: R2Model, sd: Mapping[str, Tensor]) -> None:
         if key == SALIENCY_SCALE_KEY:
             want = math.log(1 / model.cfg.temperature)
             if abs(float(value.reshape(-1)[0]) - want) > 1e-5:
-                raise ValueError(
+                raise ConvertError(
                     f"{key} = {float(value.reshape(-1)[0])} but the config's "
                     f"temperature {model.cfg.temperature} means {want}"
                 )
@@ -150,7 +166,7 @@ def load_official_state_dict(model: R2Model, sd: Mapping[str, Tensor]) -> None:
     problems += [f"missing keys (ours): {missing}"] * bool(missing)
     problems += [f"shape mismatches: {bad_shape}"] * bool(bad_shape)
     if problems:
-        raise ValueError("cannot load the original state dict:\n  " + "\n  ".join(problems))
+        raise ConvertError("cannot load the original state dict: " + "; ".join(problems))
     model.load_state_dict(renamed, strict=True)
 
 
@@ -181,14 +197,23 @@ def convert_checkpoint(
     `r2 predict` / `r2 eval --checkpoint` can use the converted weights directly.
     `extra_meta` is stored beside it (e.g. the source file's hash, see r2.zoo).
     """
+    from r2.files import ensure_writable
+
     from .checkpoint import build_meta, save_checkpoint
     from .config import get_preset
 
+    ds = get_preset(preset)
+    dst = Path(dst)
+    if dst.is_dir():
+        raise ConvertError(
+            f"{dst}: is a folder; give the output file (e.g. {dst}/model.safetensors)"
+        )
+    target = dst if dst.suffix == ".safetensors" else dst.with_name(dst.name + ".safetensors")
+    ensure_writable(target, "converted checkpoint")  # before reading a large file
     sd = read_state_dict(src)
     cfg = config_from_official(sd, **overrides)
     model = R2Model(cfg)
     load_official_state_dict(model, sd)
-    ds = get_preset(preset)
     settings = official_cache_settings(ds.fps or 0.5, cfg)
     meta = build_meta(cfg, ds, settings, converted_from=Path(src).name, **(extra_meta or {}))
     path = save_checkpoint(dst, model, meta)

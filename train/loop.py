@@ -9,9 +9,11 @@ checkpointed step. A resumed run therefore replays the remaining steps bit for b
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -73,13 +75,10 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """ "auto" -> cuda if available, else cpu; anything else as given (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
+    """ "auto" -> cuda if available, else cpu; anything else checked (r2.device.DeviceError)."""
+    from r2.device import resolve_device as resolve
+
+    return resolve(name)
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -128,6 +127,7 @@ class Run:
     max_steps: int | None = None
     on_step: Callable[[int], None] | None = None
     state: LoopState = field(default_factory=LoopState)
+    warned: set[str] = field(default_factory=set)  # warnings already given (once per run)
 
     @property
     def key_metric(self) -> str:
@@ -135,9 +135,16 @@ class Run:
 
 
 def append_log(run: Run, record: dict) -> None:
-    """One JSON line in `log.jsonl`."""
-    with open(run.out / LOG_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, allow_nan=True) + "\n")
+    """One JSON line in `log.jsonl`, appended by a single write (O_APPEND): a kill leaves
+    whole lines; a line cut by a full disk is dropped by `trim_log` on --resume."""
+    line = (json.dumps(record, allow_nan=True) + "\n").encode()
+    fd = os.open(run.out / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        written = os.write(fd, line)
+        if written != len(line):  # a short write: the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run.out / LOG_FILE))
+    finally:
+        os.close(fd)
 
 
 def trim_log(path: Path, state: LoopState) -> None:
@@ -280,51 +287,64 @@ def save_resume(run: Run) -> None:
 
 
 def end_epoch(run: Run) -> None:
-    """Validate, write last/best checkpoints, log, then the resume state of the next epoch."""
+    """Validate, write last/best checkpoints, log, then the resume state of the next epoch.
+
+    best.safetensors is only ever replaced by an epoch that was validated and improved the
+    key metric: an epoch without a finite key metric never becomes the best.
+    """
     s = run.state
-    metrics: dict[str, float] = {}
-    if run.val_items:
-        metrics = validate(run)
+    metrics: dict[str, float] = validate(run) if run.val_items else {}
     key = run.key_metric
     value = metrics.get(key)
-    improved = value is not None and (s.best is None or value > s.best)
+    validated = value is not None and math.isfinite(value)
+    improved = validated and (s.best is None or value > s.best)
     if improved:
         s.best, s.best_epoch = value, s.epoch + 1
-    meta = {
-        **run.meta,
-        "epoch": s.epoch + 1,
-        "step": s.step,
-        "metrics": metrics,
-        "key_metric": key,
-        "best": s.best,
-        "best_epoch": s.best_epoch,
-    }
-    if run.val_items and value is None:
-        log.warning("validation gave no %s (got %s): best.safetensors follows the last epoch",
-                    key, ", ".join(sorted(metrics)) or "nothing")  # fmt: skip
+    if run.val_items and not validated:
+        warn_once(run, f"validation gave no finite {key} (got "
+                  f"{', '.join(sorted(metrics)) or 'nothing'}): such epochs never replace "
+                  "best.safetensors")  # fmt: skip
+    meta = {**run.meta, "epoch": s.epoch + 1, "step": s.step, "metrics": metrics,
+            "key_metric": key, "best": s.best, "best_epoch": s.best_epoch}  # fmt: skip
     save_checkpoint(run.out / "last", run.model, meta)
-    if improved or value is None:
+    if improved:
         save_checkpoint(run.out / "best", run.model, meta)
-    append_log(
-        run,
-        {
-            "event": "val",
-            "epoch": s.epoch + 1,
-            "step": s.step,
-            "key": key,
-            "value": value,
-            "best": s.best,
-            "best_epoch": s.best_epoch,
-            **metrics,
-        },
-    )
+    append_log(run, {"event": "val", "epoch": s.epoch + 1, "step": s.step, "key": key,
+                     "value": value, "best": s.best, "best_epoch": s.best_epoch,
+                     **metrics})  # fmt: skip
     if run.val_items:
-        log.info(
-            "epoch %d: %s = %s (best %s at epoch %s)", s.epoch + 1, key, value, s.best, s.best_epoch
-        )
+        log.info("epoch %d: %s = %s (best %s at epoch %s)", s.epoch + 1, key,
+                 _fmt(value), _fmt(s.best), s.best_epoch)  # fmt: skip
     s.epoch += 1
     s.batch = 0
     save_resume(run)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def warn_once(run: Run, message: str) -> None:
+    """A warning logged once per run (not once per epoch)."""
+    if message not in run.warned:
+        run.warned.add(message)
+        log.warning("%s", message)
+
+
+def best_on_disk(run: Run) -> tuple[float | None, int | None, Path | None]:
+    """(key metric, epoch, path) of the best checkpoint actually in the run folder."""
+    from .checkpoint import CheckpointError, read_meta
+
+    path = run.out / "best.safetensors"
+    if not path.exists():
+        return None, None, None
+    try:
+        meta = read_meta(path)
+    except CheckpointError as err:
+        log.warning("%s", err)
+        return None, None, None
+    value = (meta.get("metrics") or {}).get(run.key_metric)
+    return value, meta.get("epoch"), path
 
 
 def fit(run: Run) -> dict[str, Any]:
@@ -347,14 +367,19 @@ def fit(run: Run) -> dict[str, Any]:
         if run.max_steps is not None and s.step >= run.max_steps:
             finished = s.epoch >= run.preset.epochs
             break
+    best, best_epoch, best_path = best_on_disk(run)  # what is on disk, not what we believe
+    if (best, best_epoch) != (s.best, s.best_epoch) and s.best is not None:
+        log.warning("the run's best (%s at epoch %s) is not the one in %s (%s at epoch %s)",
+                    s.best, s.best_epoch, run.out, best, best_epoch)  # fmt: skip
+    last = run.out / "last.safetensors"
     return {
         "finished": finished,
         "epoch": s.epoch,
         "step": s.step,
-        "best": s.best,
-        "best_epoch": s.best_epoch,
+        "best": best,
+        "best_epoch": best_epoch,
         "key_metric": run.key_metric,
-        "best_checkpoint": str(run.out / "best.safetensors"),
-        "last_checkpoint": str(run.out / "last.safetensors"),
+        "best_checkpoint": None if best_path is None else str(best_path),
+        "last_checkpoint": str(last) if last.exists() else None,
         "log": str(run.out / LOG_FILE),
     }

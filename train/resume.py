@@ -98,6 +98,20 @@ def save_training_state(
     return p
 
 
+def read_training_info(path: str | os.PathLike) -> dict:
+    """The `info` of a resume state (loop position, run settings) without its tensors."""
+    p = Path(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            info = json.loads((f.metadata() or {})[META_KEY])["info"]
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{p}: unreadable training state ({reason})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("settings"), dict):
+        raise CheckpointError(f"{p}: damaged training state (no run settings)")
+    return info
+
+
 def load_training_state(
     path: str | os.PathLike,
     model: torch.nn.Module,
@@ -116,6 +130,19 @@ def load_training_state(
         tensors = load_file(str(p))
     except Exception as exc:
         raise CheckpointError(f"{p}: unreadable training state: {exc}") from exc
+    try:
+        return _restore(header, tensors, model, optimizer, scaler)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"{p}: damaged training state ({type(exc).__name__}: {reason}); "
+            "start a new run or restore the file"
+        ) from exc
+
+
+def _restore(header: dict, tensors: dict, model, optimizer, scaler) -> dict:
+    """Apply a decoded resume state; any inconsistency raises (wrapped by the caller)."""
+    info = header["info"]
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(model_state, strict=True)
     state: dict[int, dict] = {}
@@ -133,4 +160,4 @@ def load_training_state(
     if scaler is not None and header.get("scaler"):
         scaler.load_state_dict(header["scaler"])
     restore_rng(tensors, header["rng"])
-    return header["info"]
+    return info
