@@ -301,10 +301,14 @@ def end_epoch(run: Run) -> None:
     if improved:
         s.best, s.best_epoch = value, s.epoch + 1
     if run.val_items and not validated:
-        warn_once(run, f"validation gave no finite {key} (got "
-                  f"{', '.join(sorted(metrics)) or 'nothing'}): such epochs never replace "
-                  "best.safetensors")  # fmt: skip
-    meta = {**run.meta, "epoch": s.epoch + 1, "step": s.step, "metrics": metrics,
+        warn_once(
+            run,
+            f"validation gave no finite {key} (epoch {s.epoch + 1}: {value}): an "
+            "epoch without it never replaces best.safetensors",
+            once_key="no-key-metric",
+        )
+    finite = {k: v if v is None or math.isfinite(v) else None for k, v in metrics.items()}
+    meta = {**run.meta, "epoch": s.epoch + 1, "step": s.step, "metrics": finite,
             "key_metric": key, "best": s.best, "best_epoch": s.best_epoch}  # fmt: skip
     save_checkpoint(run.out / "last", run.model, meta)
     if improved:
@@ -324,10 +328,11 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def warn_once(run: Run, message: str) -> None:
-    """A warning logged once per run (not once per epoch)."""
-    if message not in run.warned:
-        run.warned.add(message)
+def warn_once(run: Run, message: str, once_key: str | None = None) -> None:
+    """A warning logged once per run (not once per epoch); `once_key` groups variants."""
+    key = once_key or message
+    if key not in run.warned:
+        run.warned.add(key)
         log.warning("%s", message)
 
 
