@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -109,7 +110,7 @@ def test_cli_trains_and_reports(tmp_path):
             "dims=16", "--config", "heads=2", "--warmup", "2"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "finished at epoch 1, step 2; best MR-full-mAP:" in result.output
+    assert re.search(r"finished at epoch 1, step 2 in \d+\.\d s; best MR-full-mAP: ", result.output)
     result = CliRunner().invoke(app, args)  # the run exists: clear error, exit code 1
     assert result.exit_code == 2 and "pass --resume" in result.output
     bad = CliRunner().invoke(app, [*args[:-2], "--preload", "disk"])

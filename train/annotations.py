@@ -219,7 +219,7 @@ def prepare_items(
             short += 1
             continue
         if abs(duration - record.duration) > DURATION_TOLERANCE_S:
-            far.append(f"{a.vid} ({duration:g} s annotated, {record.duration:g} s cached)")
+            far.append(f"{a.vid} ({duration:.1f} s annotated, {record.duration:.1f} s cached)")
         n_clips = record.n_clips
         if dataset in HIGHLIGHT_DATASETS:
             n_clips = _label_clips(a, n_clips, cut)

@@ -161,7 +161,8 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
         shown = f"{best:.2f} (epoch {summary['best_epoch']})"
     return (
         f"{'finished' if summary['finished'] else 'stopped'} at epoch {summary['epoch']}, "
-        f"step {summary['step']}; best {summary['key_metric']}: {shown}; "
+        f"step {summary['step']} in {summary.get('seconds', 0.0):.1f} s; "
+        f"best {summary['key_metric']}: {shown}; "
         f"checkpoints in {out}"
     )
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from r2.errors import RunFailureError
 from r2.evaluate import evaluate_records
 from r2.evaluate.inference import predict_items
+from r2.logs import once_per_run
 
 from .batch import Batch
 from .checkpoint import atomic_write_bytes, save_checkpoint
@@ -363,15 +364,16 @@ def fit(run: Run) -> dict[str, Any]:
             good checkpoint.
     """
     s = run.state
-    finished = True
-    while s.epoch < run.preset.epochs:
-        if not run_epoch(run):
-            finished = False
-            break
-        end_epoch(run)
-        if run.max_steps is not None and s.step >= run.max_steps:
-            finished = s.epoch >= run.preset.epochs
-            break
+    finished, began = True, time.perf_counter()
+    with once_per_run("r2.evaluate"):  # its input checks run at every validation
+        while s.epoch < run.preset.epochs:
+            if not run_epoch(run):
+                finished = False
+                break
+            end_epoch(run)
+            if run.max_steps is not None and s.step >= run.max_steps:
+                finished = s.epoch >= run.preset.epochs
+                break
     best, best_epoch, best_path = best_on_disk(run)  # what is on disk, not what we believe
     if (best, best_epoch) != (s.best, s.best_epoch) and s.best is not None:
         log.warning("the run's best (%s at epoch %s) is not the one in %s (%s at epoch %s)",
@@ -387,4 +389,5 @@ def fit(run: Run) -> dict[str, Any]:
         "best_checkpoint": None if best_path is None else str(best_path),
         "last_checkpoint": str(last) if last.exists() else None,
         "log": str(run.out / LOG_FILE),
+        "seconds": round(time.perf_counter() - began, 1),
     }
