@@ -31,7 +31,12 @@ class DemoSize:
     """How big the demo is (the test runs a smaller one)."""
 
     n_videos: int = 90
-    """Procedural videos (split 70/20/10 into train/val/test by video)."""
+    """Procedural videos (split 70/10/20 into train/val/test by video)."""
+    val_fraction: float = 0.1
+    """Videos whose queries choose the best epoch (validation)."""
+    test_fraction: float = 0.2
+    """Held-out videos whose queries are scored in the final table; they play no part in
+    training or in choosing the epoch."""
     epochs: int = 12
     """Training epochs (each iterates the training set `dataset_repeat` = 4 times)."""
     batch_size: int = 16
@@ -55,10 +60,16 @@ class DemoResult:
     clip_model: str
     real_clip: bool
     metrics: dict[str, float]
+    """The trained model's metrics on the held-out TEST split."""
     baselines: dict[str, dict[str, float]]
+    """The trivial baselines' metrics on the same test split."""
     checkpoint: Path
     plot: Path
     submission: Path
+    val_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    """The model's metrics on the validation split (which chose the epoch: optimistic)."""
+    split: str = "test"
+    """The split of `metrics` and `baselines`."""
 
 
 def choose_clip(requested: str | None, out_dir: Path) -> tuple[str, bool]:
@@ -96,33 +107,51 @@ def run_demo(out_dir: str | Path = DEFAULT_OUT, *, size: DemoSize = DemoSize(), 
              clip: str | None = None, device: str = "auto") -> DemoResult:  # fmt: skip
     """Run extract -> train -> eval -> predict on the procedural demo dataset.
 
+    Training keeps the epoch that scores best on the validation videos; the table compares
+    the model with trivial baselines on the TEST videos, which played no part in training
+    or in choosing that epoch.
+
     Args:
-        out_dir: where everything goes (data/, cache.h5, run/, val_predictions.jsonl, plot).
+        out_dir: where everything goes (data/, cache.h5, run/, predictions, metrics, plot).
         size: dataset and training size.
         seed: seed of the dataset and of training.
         clip: CLIP id or folder; default: the pretrained default when available, else random.
         device: "auto", "cpu" or "cuda".
 
     Returns:
-        The metrics of the model and of the baselines, and the paths written.
+        The metrics of the model and of the baselines on the test split, and the paths.
     """
-    from r2.demo_data import load_jsonl, make_demo_dataset
-    from r2.evaluate import evaluate_records
-    from r2.evaluate.inference import predict_split
-    from r2.extract import extract
-    from r2.train import train
-    from r2.train.checkpoint import load_checkpoint
+    from r2.demo_data import make_demo_dataset
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ds = make_demo_dataset(out / "data", n_videos=size.n_videos, seed=seed)
+    ds = make_demo_dataset(
+        out / "data",
+        n_videos=size.n_videos,
+        seed=seed,
+        val_fraction=size.val_fraction,
+        test_fraction=size.test_fraction,
+    )
     model_id, real = choose_clip(clip, out)
     log.warning("%s", _banner(model_id, real))
-
     cache = out / ("cache.h5" if real else "cache_random_clip.h5")
+    run_dir = _extract_and_train(ds, cache, out / "run", model_id, size, seed, device)
+    result = _score(ds, cache, run_dir / "best.safetensors", out, (model_id, real), seed)
+    print(format_comparison(result.metrics, result.baselines, _split_title(ds, result)))
+    log.warning("%s", _banner(model_id, real))
+    log.info("outputs in %s: metrics.json, %s, %s, run %s", out, result.plot.name,
+             result.submission.name, run_dir)  # fmt: skip
+    return result
+
+
+def _extract_and_train(ds, cache: Path, run_dir: Path, model_id: str, size: DemoSize,
+                       seed: int, device: str) -> Path:  # fmt: skip
+    """Extract the features of every split, then train (retrained from scratch each time)."""
+    from r2.extract import extract
+    from r2.train import train
+
     extract([ds.videos], cache, annotations=[ds.train, ds.val, ds.test], model=model_id,
             k=4, fps=0.5, device=device, strict=True)  # fmt: skip
-    run_dir = out / "run"
     if run_dir.exists():  # a demo run is cheap: retrain from scratch, deterministically
         log.info("removing the previous demo run %s", run_dir)
         shutil.rmtree(run_dir)
@@ -130,32 +159,56 @@ def run_demo(out_dir: str | Path = DEFAULT_OUT, *, size: DemoSize = DemoSize(), 
           epochs=size.epochs, batch_size=size.batch_size, lr=size.lr, warmup=size.warmup,
           lr_drop=0, seed=seed, workers=0, preload="ram",
           config={"dropout": size.dropout, "dims": size.dims})  # fmt: skip
+    return run_dir
 
-    checkpoint = run_dir / "best.safetensors"
+
+def _score(ds, cache: Path, checkpoint: Path, out: Path, clip: tuple[str, bool],
+           seed: int) -> DemoResult:  # fmt: skip
+    """Predict the val and test splits; score the test split against its withheld labels."""
+    from r2.demo_data import load_jsonl
+    from r2.evaluate import evaluate_records
+    from r2.evaluate.inference import predict_split
+    from r2.files import write_text_atomic
+    from r2.train.checkpoint import load_checkpoint
+
     model, _meta = load_checkpoint(checkpoint, device="cpu")
-    val_rows, train_rows = load_jsonl(ds.val), load_jsonl(ds.train)
-    preds = predict_split(model, cache, val_rows, "qvhighlights")
-    _write_jsonl(out / "val_predictions.jsonl", preds)
-    metrics = evaluate_records(preds, val_rows, "qvhighlights")
-    baselines = _baselines(train_rows, val_rows, seed)
+    val_rows, test_gt = load_jsonl(ds.val), load_jsonl(ds.test_gt)
+    val_preds = predict_split(model, cache, val_rows, "qvhighlights")
+    _write_jsonl(out / "val_predictions.jsonl", val_preds)
+    test_preds = predict_split(model, cache, load_jsonl(ds.test), "qvhighlights")
     submission = out / "test_submission.jsonl"
-    _write_jsonl(submission, predict_split(model, cache, load_jsonl(ds.test), "qvhighlights"))
-    plot = _plot_one(checkpoint, ds, val_rows[0], out, model_id)
-    (out / "metrics.json").write_text(json.dumps({"model": metrics, **baselines}, indent=1))
-    print(format_comparison(metrics, baselines))
-    log.warning("%s", _banner(model_id, real))
-    log.info(
-        "outputs in %s: metrics.json, %s, %s, run %s", out, plot.name, submission.name, run_dir
-    )
-    return DemoResult(model_id, real, metrics, baselines, checkpoint, plot, submission)
+    _write_jsonl(submission, test_preds)
+    metrics = evaluate_records(test_preds, test_gt, "qvhighlights")
+    baselines = _baselines(load_jsonl(ds.train), test_gt, seed)
+    val_metrics = evaluate_records(val_preds, val_rows, "qvhighlights")
+    write_text_atomic(out / "metrics.json", json.dumps(
+        {"split": "test", "model": metrics, **baselines, "model on val (chose the epoch)":
+         val_metrics}, indent=1))  # fmt: skip
+    plot = _plot_one(checkpoint, ds, test_gt[0], out, clip[0])
+    return DemoResult(clip[0], clip[1], metrics, baselines, checkpoint, plot, submission,
+                      val_metrics=val_metrics)  # fmt: skip
 
 
-def _baselines(train_rows: list[dict], val_rows: list[dict], seed: int) -> dict[str, dict]:
+def _split_title(ds, result: DemoResult) -> str:
+    videos = len({r["vid"] for r in _load(ds.test)})
+    return (f"held-out TEST split: {int(result.metrics.get('n_queries', 0))} queries on {videos} "
+            "videos not used for training or for choosing the epoch (chosen on the "
+            f"validation split, where the model scores MR-full-mAP "
+            f"{result.val_metrics.get('MR-full-mAP', float('nan')):.2f})")  # fmt: skip
+
+
+def _load(path: Path) -> list[dict]:
+    from r2.demo_data import load_jsonl
+
+    return load_jsonl(path)
+
+
+def _baselines(train_rows: list[dict], test_rows: list[dict], seed: int) -> dict[str, dict]:
     from r2.demo_data import baseline_predictions
     from r2.evaluate import evaluate_records
 
-    rows = baseline_predictions(train_rows, val_rows, seed=seed)
-    metrics = evaluate_records(rows, val_rows, "qvhighlights")
+    rows = baseline_predictions(train_rows, test_rows, seed=seed)
+    metrics = evaluate_records(rows, test_rows, "qvhighlights")
     return {"fixed window + random saliency": metrics}
 
 
@@ -173,11 +226,15 @@ def _plot_one(checkpoint: Path, ds, row: dict, out: Path, clip_model: str) -> Pa
     return path
 
 
-def format_comparison(metrics: dict[str, float], baselines: dict[str, dict[str, float]]) -> str:
-    """A table of the summary metrics: the model next to each baseline."""
+def format_comparison(
+    metrics: dict[str, float], baselines: dict[str, dict[str, float]], title: str = ""
+) -> str:
+    """A table of the summary metrics: the model next to each baseline (`title` above it
+    says which split they were computed on)."""
     names = ["r2 (trained)", *baselines]
     width = max(len(n) for n in names) + 2
-    lines = ["metric".ljust(24) + "".join(n.rjust(width) for n in names)]
+    lines = [title] if title else []
+    lines.append("metric".ljust(24) + "".join(n.rjust(width) for n in names))
     for key in SUMMARY_METRICS:
         values = [metrics.get(key, float("nan"))] + [
             b.get(key, float("nan")) for b in baselines.values()
@@ -187,6 +244,6 @@ def format_comparison(metrics: dict[str, float], baselines: dict[str, dict[str, 
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    from r2.files import write_text_atomic
+
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -28,7 +28,7 @@ from r2.demo_render import COLOURS, DIRECTIONS, SHAPES, Event, VideoPlan, write_
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1  # bump when the output for a given seed changes
+GENERATOR_VERSION = 2  # bump when the output for a given seed changes (2: test_gt.jsonl)
 CLIP_SECONDS = 2  # QVHighlights clip length (s); windows and durations are multiples of it
 DEFAULT_N_VIDEOS = 100
 DEFAULT_FPS = 4.0  # frames per second written; features sample one frame per 2-s clip
@@ -40,6 +40,7 @@ REPEAT_P = 0.2  # probability that a shape has a second window (a query with two
 BACKGROUND_GREY = (95.0, 145.0)  # range of a video's mean background grey level
 BACKGROUND_TINT = 6.0  # max per-channel offset of a video's background from grey
 MANIFEST = "demo_dataset.json"
+TEST_FIELDS = ("qid", "query", "duration", "vid")  # what test.jsonl shows (no ground truth)
 BASELINE_GRID = 100  # the fixed-window baseline searches a 1/100 grid of the duration
 
 ACTIONS = ("appear", "move", "grow", "spin")
@@ -65,7 +66,10 @@ class DemoDataset:
         videos: Folder of the mp4 files, one per video, named `<vid>.mp4`.
         train: Training annotations (QVHighlights jsonl, with ground truth).
         val: Validation annotations (with ground truth).
-        test: Test queries WITHOUT ground truth (`qid`, `query`, `duration`, `vid`).
+        test: Test queries WITHOUT ground truth (`qid`, `query`, `duration`, `vid`), as a
+            benchmark's test split is published.
+        test_gt: The same test queries WITH ground truth (the withheld labels), to score
+            the test split on videos that played no part in training or epoch selection.
         n_videos: Number of videos written.
         seed: The seed that determines every video and annotation.
     """
@@ -75,6 +79,7 @@ class DemoDataset:
     train: Path
     val: Path
     test: Path
+    test_gt: Path
     n_videos: int
     seed: int
 
@@ -101,7 +106,8 @@ def make_demo_dataset(
         n_videos: Number of videos (at least 3 so that every split gets one).
         seed: Random seed; the same seed gives identical files.
         val_fraction: Fraction of videos in the validation split.
-        test_fraction: Fraction of videos in the test split (written without ground truth).
+        test_fraction: Fraction of videos in the test split (test.jsonl without ground truth,
+            test_gt.jsonl with it).
         fps: Frame rate of the written videos.
         size: (width, height) in pixels, both even.
         overwrite: Regenerate even when the folder already holds this dataset.
@@ -113,7 +119,7 @@ def make_demo_dataset(
     root = Path(out_dir)
     ds = DemoDataset(
         root, root / "videos", root / "train.jsonl", root / "val.jsonl", root / "test.jsonl",
-        n_videos, seed,
+        root / "test_gt.jsonl", n_videos, seed,
     )  # fmt: skip
     params = {
         "generator_version": GENERATOR_VERSION, "n_videos": n_videos, "seed": seed,
@@ -131,8 +137,10 @@ def make_demo_dataset(
     for plan in tqdm(plans, desc="demo videos", unit="video", disable=None):
         write_video(plan, ds.videos / f"{plan.vid}.mp4", fps, size)
     splits = _split_rows(plans, seed, val_fraction, test_fraction)
-    for path, rows in zip((ds.train, ds.val, ds.test), splits, strict=True):
+    for path, rows in zip((ds.train, ds.val, ds.test_gt), splits, strict=True):
         _write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    _write_text(ds.test, "".join(json.dumps({k: r[k] for k in TEST_FIELDS}) + "\n"
+                                 for r in splits[2]))  # fmt: skip
     _write_text(root / MANIFEST, json.dumps(params, indent=1) + "\n")
     logger.info(
         "wrote %d demo videos and %d/%d/%d train/val/test queries to %s in %.1f s",
@@ -297,7 +305,7 @@ def _plan_event(rng: np.random.Generator, colour: str, shape: str, windows) -> E
 
 
 def _split_rows(plans, seed, val_fraction, test_fraction) -> tuple[list, list, list]:
-    """(train, val, test) annotation rows; split by video, test rows without ground truth."""
+    """(train, val, test) annotation rows, all with ground truth; split by video."""
     order = np.random.default_rng([seed, 2**31]).permutation(len(plans))
     n_val = max(1, round(val_fraction * len(plans)))
     n_test = max(1, round(test_fraction * len(plans)))
@@ -309,8 +317,7 @@ def _split_rows(plans, seed, val_fraction, test_fraction) -> tuple[list, list, l
         for event in plan.events:
             qid += 1
             row = {"qid": qid, "query": event.query, "duration": plan.duration, "vid": plan.vid}
-            if split_of.get(index, 0) != 2:
-                row |= _ground_truth(event.windows, rng)
+            row |= _ground_truth(event.windows, rng)
             splits[split_of.get(index, 0)].append(row)
     return splits
 
@@ -355,5 +362,5 @@ def _is_current(ds: DemoDataset, params: dict, plans: list[VideoPlan]) -> bool:
             return False
     except (OSError, ValueError):
         return False
-    files = [ds.train, ds.val, ds.test] + [ds.videos / f"{p.vid}.mp4" for p in plans]
+    files = [ds.train, ds.val, ds.test, ds.test_gt] + [ds.videos / f"{p.vid}.mp4" for p in plans]
     return all(f.is_file() for f in files)
