@@ -121,3 +121,18 @@ def test_cli_trains_and_reports(tmp_path):
     run2 = ["--train-anno", str(missing), "--out", str(tmp_path / "run2"), "--device", "cpu"]
     result = CliRunner().invoke(app, [*args[:2], *run2])
     assert result.exit_code == 2 and "3 of 3 queries reference videos not in" in result.output
+
+
+def test_validation_warnings_are_given_once_per_run(tmp_path, caplog):
+    data = tiny_run(tmp_path, n_train=4, n_val=2)
+    rows = [json.loads(x) for x in data["val"].read_text().splitlines()]
+    for r in rows:  # no highlight labels: the evaluator warns at every validation
+        del r["relevant_clip_ids"], r["saliency_scores"]
+    val = write_jsonl(tmp_path / "val_no_hl.jsonl", rows)
+    with caplog.at_level("INFO", logger="r2"):
+        train(data["cache"], data["train"], tmp_path / "run", val_anno=val, epochs=3,
+              batch_size=8, **FAST)  # fmt: skip
+    skipped = [r for r in caplog.records if "HL metrics skipped" in r.getMessage()]
+    assert len(skipped) == 1, [r.getMessage() for r in skipped]
+    epochs = [r for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(epochs) == 3  # per-epoch progress lines are not affected
