@@ -341,9 +341,9 @@ def _ground_truth(windows, rng: np.random.Generator) -> dict:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from r2.files import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def _remove_stale_videos(folder: Path, keep: set[str]) -> None:

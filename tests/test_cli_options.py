@@ -18,9 +18,8 @@ from typer.testing import CliRunner
 
 from r2 import __version__
 from r2.cli import app
-from r2.fields import parse_assignments
 from r2.train.checkpoint import read_meta
-from r2.train.config import ConfigError, R2Config
+from r2.train.config import R2Config
 
 COMMANDS = ("extract", "train", "eval", "convert", "predict", "demo")
 
@@ -74,16 +73,22 @@ def test_bad_config_values_are_one_line_naming_every_key(data, tmp_path):
     [("true", True), ("1", True), ("YES", True), ("false", False), ("0", False), ("No", False)],
 )
 def test_booleans_accept_exactly_six_words(word, value):
+    from r2.fields import parse_assignments
+
     assert parse_assignments(R2Config, [f"use_tef={word}"]) == {"use_tef": value}
 
 
 @pytest.mark.parametrize("word", ["maybe", "on", "off", "2", "", "truee"])
 def test_other_boolean_words_are_refused(word):
+    from r2.fields import parse_assignments
+
     with pytest.raises(ValueError, match="use_tef: expected a boolean"):
         parse_assignments(R2Config, [f"use_tef={word}"])
 
 
 def test_the_python_api_refuses_mistyped_config_values():
+    from r2.train.config import ConfigError
+
     with pytest.raises(ConfigError, match="padding_invariant: expected a boolean"):
         R2Config(padding_invariant="False")  # a string would have meant "on"
     with pytest.raises(ConfigError, match="dropout: expected a number"):

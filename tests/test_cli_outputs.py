@@ -181,3 +181,47 @@ def test_real_bugs_keep_their_traceback(setup, tmp_path, monkeypatch):
         result = _run(*cmd)
         assert result.exit_code == 1 and isinstance(result.exception, ValueError), (
             cmd[0], result.output)  # fmt: skip
+
+
+def test_full_disk_while_writing_outputs_is_one_line(setup, tmp_path, monkeypatch):
+    import r2.files
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(r2.files.os, "fsync", full)
+    for cmd in _eval_cmds(setup, tmp_path / "full")[:2]:
+        result = _run(*cmd)
+        assert result.exit_code == 1, result.output
+        assert "No space left on device" in result.output and "Traceback" not in result.output
+        assert not [p for p in (tmp_path / "full").iterdir() if p.name.startswith(".")]
+
+
+def test_full_disk_in_convert_is_one_line(testdata, tmp_path, monkeypatch):
+    import r2.files
+
+    monkeypatch.setattr(r2.files.os, "fsync", lambda fd: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))  # fmt: skip
+    src = testdata / "reference" / "weights.safetensors"
+    result = _run("convert", src, tmp_path / "out" / "r2.safetensors")
+    assert result.exit_code == 1 and "No space left on device" in result.output, result.output
+    assert "Traceback" not in result.output and not list((tmp_path / "out").iterdir())
+
+
+def test_a_folder_where_a_file_is_expected(setup, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    base = ["train", "--cache", setup["cache"], "--train-anno", setup["train"], "--out",
+            tmp_path / "run", "--device", "cpu", "--workers", 0]  # fmt: skip
+    for option, needle in (("--cache", "is a directory, not a cache file"),
+                           ("--train-anno", "Is a directory"),
+                           ("--val-anno", "Is a directory")):  # fmt: skip
+        args = list(base)
+        if option in args:
+            args[args.index(option) + 1] = folder
+        else:
+            args += [option, folder]
+        result = _run(*args)
+        assert result.exit_code == 2, (option, result.output)
+        errors = [x for x in result.output.splitlines() if x.startswith("error: ")]
+        assert len(errors) == 1 and str(folder) in errors[0] and needle in errors[0], result.output

@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from r2.cli import app
-from r2.train.convert import ConvertError, read_state_dict
+from r2.errors import UsageError
+from r2.train.convert import read_state_dict
 
 MARKER = "r2-convert-test-pwned"
 
@@ -67,7 +68,7 @@ def _bad_files(tmp_path) -> dict[str, tuple]:
 def test_bad_checkpoint_files_are_one_line_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name, (path, needle) in _bad_files(tmp_path).items():
-        with pytest.raises(ConvertError) as err:
+        with pytest.raises(UsageError) as err:
             read_state_dict(path)
         assert needle in str(err.value) and "\n" not in str(err.value), (name, str(err.value))
         code, output = _run(path, tmp_path / "out.safetensors")

@@ -28,11 +28,10 @@ from typer.testing import CliRunner
 import r2.train.checkpoint as checkpoint
 import r2.train.loop as loop
 from r2.cli import app
-from r2.errors import RunFailureError
+from r2.errors import RunFailureError, UsageError
 from r2.files import TEMP_MARK
 from r2.train import train
 from r2.train.checkpoint import load_checkpoint, read_meta
-from r2.train.settings import ResumeMismatchError
 
 EPOCHS = 3  # 8 queries x 4 repeats / batch 4 = 8 steps per epoch
 
@@ -88,11 +87,11 @@ def test_resume_refuses_another_validation_set(data, tmp_path):
     train(**_args(data, out, max_steps=3))
     other = write_jsonl(tmp_path / "other.jsonl", json.loads(
         "[" + ",".join(Path(data["val"]).read_text().splitlines()[:2]) + "]"))  # fmt: skip
-    with pytest.raises(ResumeMismatchError, match=r"validation set: 3 queries of .* vs 2 queries"):
+    with pytest.raises(UsageError, match=r"validation set: 3 queries of .* vs 2 queries"):
         train(**_args(data, out, val_anno=other, resume=True))
     novalid = tmp_path / "noval"
     train(**_args(data, novalid, val_anno=None, max_steps=3))
-    with pytest.raises(ResumeMismatchError, match="validation set: none \\(saved\\)"):
+    with pytest.raises(UsageError, match="validation set: none \\(saved\\)"):
         train(**_args(data, novalid, resume=True))  # a run without validation stays so
     moved = tmp_path / "moved"
     shutil.copytree(out, moved)
