@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from r2.errors import EXIT_CODES_EPILOG, EXIT_USAGE, cli_errors
+from r2.errors import EXIT_USAGE, cli_errors, help_epilog
 
 data_app = typer.Typer(
     no_args_is_help=True,
@@ -33,6 +33,24 @@ Splits = Annotated[
 ]
 
 
+EXAMPLES = {
+    "charades": "r2 data convert charades ../raw/charades_sta --out data/charades",
+    "tacos": "r2 data convert tacos ../raw/tacos --out data/tacos",
+    "ego4d": "r2 data convert ego4d ../raw/ego4d/nlq_train.json ../raw/ego4d/nlq_val.json "
+    "--out data/ego4d",
+    "youtube": "r2 data convert youtube ../raw/youtube_highlights --out data/youtube "
+    "--query domain",
+    "tvsum": "r2 data convert tvsum ../raw/tvsum/ydata-tvsum50.mat --out data/tvsum",
+    "check": "r2 data check data/charades/charades_train.jsonl --cache cache/charades.h5",
+    "compare": "r2 data compare data/tvsum/tvsum_val.jsonl lighthouse/tvsum_val_release.jsonl",
+}
+
+
+def _epilog(command: str) -> str:
+    """Examples and exit codes at the end of a command's --help."""
+    return help_epilog(f"Examples:\n\n  {EXAMPLES[command]}\n")
+
+
 def _run(convert, *args, **kwargs) -> None:
     with cli_errors():
         result = convert(*args, **kwargs)
@@ -40,7 +58,7 @@ def _run(convert, *args, **kwargs) -> None:
     typer.echo(f"report: {result.report}")
 
 
-@convert_app.command("charades", epilog=EXIT_CODES_EPILOG)
+@convert_app.command("charades", epilog=_epilog("charades"))
 def charades_command(sources: Sources, out: Out) -> None:
     """Charades-STA: charades_sta_{train,test}.txt + Charades_v1_{train,test}.csv (durations)."""
     from .charades import convert_charades
@@ -48,7 +66,7 @@ def charades_command(sources: Sources, out: Out) -> None:
     _run(convert_charades, sources, out)
 
 
-@convert_app.command("tacos", epilog=EXIT_CODES_EPILOG)
+@convert_app.command("tacos", epilog=_epilog("tacos"))
 def tacos_command(sources: Sources, out: Out) -> None:
     """TACoS: {train,val,test}.json (timestamps in frames)."""
     from .tacos import convert_tacos
@@ -56,7 +74,7 @@ def tacos_command(sources: Sources, out: Out) -> None:
     _run(convert_tacos, sources, out)
 
 
-@convert_app.command("ego4d", epilog=EXIT_CODES_EPILOG)
+@convert_app.command("ego4d", epilog=_epilog("ego4d"))
 def ego4d_command(sources: Sources, out: Out) -> None:
     """Ego4D-NLQ: nlq_{train,val}.json (and nlq_test_unannotated.json); one row per query,
     the clip as the video."""
@@ -65,7 +83,7 @@ def ego4d_command(sources: Sources, out: Out) -> None:
     _run(convert_ego4d, sources, out)
 
 
-@convert_app.command("youtube", epilog=EXIT_CODES_EPILOG)
+@convert_app.command("youtube", epilog=_epilog("youtube"))
 def youtube_command(
     sources: Sources,
     out: Out,
@@ -87,7 +105,7 @@ def youtube_command(
     _run(convert_youtube, sources, out, query=query, videos=videos, splits=splits)
 
 
-@convert_app.command("tvsum", epilog=EXIT_CODES_EPILOG)
+@convert_app.command("tvsum", epilog=_epilog("tvsum"))
 def tvsum_command(sources: Sources, out: Out, splits: Splits = None) -> None:
     """TVSum: ydata-tvsum50.mat; per-2-s-clip scores of the 20 annotators."""
     from .tvsum import convert_tvsum
@@ -95,7 +113,7 @@ def tvsum_command(sources: Sources, out: Out, splits: Splits = None) -> None:
     _run(convert_tvsum, sources, out, splits=splits)
 
 
-@data_app.command("check", epilog=EXIT_CODES_EPILOG)
+@data_app.command("check", epilog=_epilog("check"))
 def check_command(
     file: Annotated[Path, typer.Argument(help="Annotation file (JSON Lines).")],
     cache: Annotated[
@@ -127,7 +145,7 @@ def check_command(
         raise typer.Exit(EXIT_USAGE)
 
 
-@data_app.command("compare", epilog=EXIT_CODES_EPILOG)
+@data_app.command("compare", epilog=_epilog("compare"))
 def compare_command(
     ours: Annotated[Path, typer.Argument(help="A converted file.")],
     reference: Annotated[Path, typer.Argument(help="An independent conversion of the same split.")],

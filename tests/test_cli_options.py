@@ -140,11 +140,19 @@ def test_every_help_has_examples_defaults_and_exit_codes(cmd):
     assert "[default:" in text
 
 
+def _command_paths(typer_app, prefix=()):
+    for command in typer_app.registered_commands:
+        yield (*prefix, command.name)
+    for group in typer_app.registered_groups:
+        yield from _command_paths(group.typer_instance, (*prefix, group.name))
+
+
 def test_every_registered_command_has_examples():
-    names = [c.name for c in app.registered_commands]
-    assert set(COMMANDS) <= set(names)
-    for cmd in names:
-        assert "Examples:" in _run(cmd, "--help")[1], cmd
+    paths = list(_command_paths(app))
+    assert {(c,) for c in COMMANDS} <= set(paths)
+    for path in paths:
+        code, output = _run(*path, "--help")
+        assert code == 0 and "Examples:" in output and "Exit codes:" in output, path
 
 
 def test_version_and_python_dash_m():
