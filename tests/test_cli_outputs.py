@@ -214,8 +214,8 @@ def test_a_folder_where_a_file_is_expected(setup, tmp_path):
     base = ["train", "--cache", setup["cache"], "--train-anno", setup["train"], "--out",
             tmp_path / "run", "--device", "cpu", "--workers", 0]  # fmt: skip
     for option, needle in (("--cache", "is a directory, not a cache file"),
-                           ("--train-anno", "Is a directory"),
-                           ("--val-anno", "Is a directory")):  # fmt: skip
+                           ("--train-anno", "is a folder"),
+                           ("--val-anno", "is a folder")):  # fmt: skip
         args = list(base)
         if option in args:
             args[args.index(option) + 1] = folder
