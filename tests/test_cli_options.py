@@ -112,10 +112,12 @@ def _device_args(cmd: str, device: str, tmp_path) -> list:
         "eval": ["eval", "--checkpoint", tmp_path, "--cache", tmp_path / "c.h5", "--anno", video],
         "predict": ["predict", video, "a query", "-c", tmp_path / "run"],
         "demo": ["demo", "--out", tmp_path / "demo"],
+        "summarize": ["summarize", video, "--out", tmp_path / "s.mp4"],
+        "app": ["app"],
     }[cmd] + ["--device", device]
 
 
-@pytest.mark.parametrize("cmd", ["extract", "train", "eval", "predict", "demo"])
+@pytest.mark.parametrize("cmd", ["extract", "train", "eval", "predict", "demo", "summarize", "app"])
 @pytest.mark.parametrize("device", ["gpu", "cuda", "cuda:1", "tpu"])
 def test_an_unusable_device_is_one_line_in_every_command(cmd, device, tmp_path):
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -152,7 +154,9 @@ def test_every_registered_command_has_examples():
     assert {(c,) for c in COMMANDS} <= set(paths)
     for path in paths:
         code, output = _run(*path, "--help")
-        assert code == 0 and "Examples:" in output and "Exit codes:" in output, path
+        examples = re.split(r"Examples?:", output)
+        assert code == 0 and len(examples) > 1 and "Exit codes:" in output, path
+        assert f"r2 {' '.join(path)}" in re.sub(r"\s+", " ", examples[1]), path
 
 
 def test_version_and_python_dash_m():
