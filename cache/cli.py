@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from r2.errors import EXIT_CODES_EPILOG, EXIT_USAGE, cli_errors
+from r2.errors import EXIT_USAGE, cli_errors, help_epilog
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -16,10 +16,24 @@ app = typer.Typer(
     help="Inspect and maintain feature caches (the .h5 files of `r2 extract`).",
 )
 
+EXAMPLES = {
+    "info": "r2 cache info cache/qv.h5",
+    "check": "r2 cache check cache/qv.h5",
+    "compact": "r2 cache compact cache/qv.h5",
+    "repair": "r2 cache repair cache/qv.h5",
+    "merge": "r2 cache merge shard-0.h5 shard-1.h5 --out all.h5",
+}
+
+
+def _epilog(command: str) -> str:
+    """Examples and exit codes at the end of a command's --help."""
+    return help_epilog(f"Examples:\n\n  {EXAMPLES[command]}\n")
+
+
 CacheFile = Annotated[Path, typer.Argument(help="A feature cache (.h5).", dir_okay=False)]
 
 
-@app.command("info", epilog=EXIT_CODES_EPILOG)
+@app.command("info", epilog=_epilog("info"))
 def info_command(path: CacheFile) -> None:
     """Settings, counts, size, and the space superseded entries waste.
 
@@ -31,7 +45,7 @@ def info_command(path: CacheFile) -> None:
         typer.echo(describe(path))
 
 
-@app.command("check", epilog=EXIT_CODES_EPILOG)
+@app.command("check", epilog=_epilog("check"))
 def check_command(path: CacheFile) -> None:
     """Read every committed item and verify its checksum; list every problem.
 
@@ -55,7 +69,7 @@ def check_command(path: CacheFile) -> None:
     raise typer.Exit(EXIT_USAGE)
 
 
-@app.command("compact", epilog=EXIT_CODES_EPILOG)
+@app.command("compact", epilog=_epilog("compact"))
 def compact_command(path: CacheFile) -> None:
     """Rewrite the cache without superseded entries (and in the current format version).
 
@@ -73,7 +87,7 @@ def compact_command(path: CacheFile) -> None:
                f"{before:.1f} MB -> {after:.1f} MB")  # fmt: skip
 
 
-@app.command("repair", epilog=EXIT_CODES_EPILOG)
+@app.command("repair", epilog=_epilog("repair"))
 def repair_command(path: CacheFile) -> None:
     """After an interrupted writer: make the file open with plain h5py / HDF5 tools again.
 
@@ -88,7 +102,7 @@ def repair_command(path: CacheFile) -> None:
         typer.echo(repair(path))
 
 
-@app.command("merge", epilog=EXIT_CODES_EPILOG)
+@app.command("merge", epilog=_epilog("merge"))
 def merge_command(
     inputs: Annotated[list[Path], typer.Argument(help="Two or more caches (e.g. shards).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The merged cache (a new file).")],
