@@ -12,6 +12,14 @@ A model is what its files are, not the string that named it:
   existing folder is resolved), plus the revision when both sides know it. Callers warn that
   the identity could only be compared by name (`compared_by_name`).
 
+- Features imported from a published feature release (`r2 data import-release`) were made
+  by someone else's copy of the model, whose files r2 never saw: their `model_fingerprint`
+  is a release marker (`RELEASE_PREFIX`, e.g. "release:R2-Tuning/clip_b32"), not a content
+  hash. Two markers compare exactly (the same release is the same model); a marker against
+  a content hash (or nothing) falls back to the names, with a warning that says so: a
+  checkpoint trained on the release's features matches a real local
+  `openai/clip-vit-base-patch32` by id (+ revision when both sides know it).
+
 The tokenizer is identified by `tokenizer_fingerprint` ("clean<N>:sha256:<hex>": the version
 of the text-cleaning rule and a hash of the tokenizer files); unknown on either side means
 "not compared".
@@ -27,6 +35,7 @@ if TYPE_CHECKING:
 
 # CacheSettings fields compared here rather than by plain equality
 IDENTITY_FIELDS = ("model_id", "revision", "model_fingerprint", "tokenizer_fingerprint")
+RELEASE_PREFIX = "release:"  # model_fingerprint of imported release features (not a file hash)
 
 
 def name_key(name: str) -> str:
@@ -38,19 +47,27 @@ def name_key(name: str) -> str:
     return stripped
 
 
+def is_release(fingerprint: str | None) -> bool:
+    """True for the marker of features imported from a published release (not a file hash)."""
+    return bool(fingerprint) and str(fingerprint).startswith(RELEASE_PREFIX)
+
+
 def compared_by_name(a: CacheSettings, b: CacheSettings) -> bool:
-    """True when at least one side lacks a model fingerprint (identity only by name)."""
-    return not (a.model_fingerprint and b.model_fingerprint)
+    """True when the model identity rests on names: a side lacks a fingerprint, or one side
+    is a release marker and the other a content hash (they cannot be compared)."""
+    fa, fb = a.model_fingerprint, b.model_fingerprint
+    return not (fa and fb and is_release(fa) == is_release(fb))
 
 
 def model_difference(a: CacheSettings, b: CacheSettings) -> str | None:
     """Why `a` and `b` name different CLIP models ("field: a vs b"), or None if the same."""
-    if a.model_fingerprint and b.model_fingerprint:
+    if not compared_by_name(a, b):
         if a.model_fingerprint == b.model_fingerprint:
             return None
+        what = "releases" if is_release(a.model_fingerprint) else "CLIP model files"
         return (
             f"model_fingerprint: {a.model_fingerprint!r} vs {b.model_fingerprint!r} (different "
-            f"CLIP model files: {a.model_id!r} vs {b.model_id!r})"
+            f"{what}: {a.model_id!r} vs {b.model_id!r})"
         )
     if name_key(a.model_id) != name_key(b.model_id):
         return f"model_id: {a.model_id!r} vs {b.model_id!r}"
@@ -71,11 +88,18 @@ def by_name_warning(a: CacheSettings, b: CacheSettings, what: tuple[str, str]) -
     """The warning to give when the model identity of `a` and `b` rests on names only."""
     if not compared_by_name(a, b):
         return None
-    lacking = [w for w, s in zip(what, (a, b), strict=True) if not s.model_fingerprint]
-    verb = "record" if len(lacking) > 1 else "records"
+    sides = list(zip(what, (a, b), strict=True))
+    lacking = [w for w, s in sides if not s.model_fingerprint]
+    released = [(w, s.model_fingerprint) for w, s in sides if is_release(s.model_fingerprint)]
+    reasons = []
+    if lacking:
+        verb = "record" if len(lacking) > 1 else "records"
+        reasons.append(f"the {' and the '.join(lacking)} {verb} no CLIP model fingerprint "
+                       "(made before r2 recorded one)")  # fmt: skip
+    for side, marker in released:
+        reasons.append(f"the {side} holds features imported from a published feature release "
+                       f"({marker}), whose model files r2 never saw")  # fmt: skip
     return (
-        f"the {' and the '.join(lacking)} {verb} no CLIP model fingerprint (made before r2 "
-        "recorded one): the "
-        f"CLIP model can only be compared by name ({a.model_id!r} vs {b.model_id!r}), not by "
-        "its files"
+        f"{'; '.join(reasons)}: the CLIP model can only be compared by name "
+        f"({a.model_id!r} vs {b.model_id!r}), not by its files"
     )

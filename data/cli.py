@@ -4,6 +4,7 @@ r2 data convert charades ../raw/charades_sta --out data/charades
 r2 data convert youtube ../raw/youtube_highlights --out data/youtube [--query domain]
 r2 data check data/charades/charades_train.jsonl [--cache cache/charades.h5]
 r2 data compare data/tvsum/tvsum_val.jsonl lighthouse/tvsum_val_release.jsonl
+r2 data import-release release/tvsum --dataset tvsum --out cache/tvsum.h5
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from r2.errors import EXIT_USAGE, cli_errors, help_epilog
+from r2.errors import EXIT_FAILURE, EXIT_USAGE, cli_errors, help_epilog
 
 data_app = typer.Typer(
     no_args_is_help=True,
@@ -43,6 +44,8 @@ EXAMPLES = {
     "tvsum": "r2 data convert tvsum ../raw/tvsum/ydata-tvsum50.mat --out data/tvsum",
     "check": "r2 data check data/charades/charades_train.jsonl --cache cache/charades.h5",
     "compare": "r2 data compare data/tvsum/tvsum_val.jsonl lighthouse/tvsum_val_release.jsonl",
+    "import-release": "r2 data import-release release/charades --dataset charades "
+    "--out cache/charades.h5",
 }
 
 
@@ -160,3 +163,43 @@ def compare_command(
                        ("only in ours", result.only_ours)):  # fmt: skip
         for key in keys:
             typer.echo(f"  {side}: vid {key[0]!r}, query {key[1][:60]!r}, windows {key[2][:3]}")
+
+
+RELEASE_HELP = "Release folder: clip_b32_vid_k4/, clip_b32_txt_k4/ and the annotation files."
+DATASET_HELP = "qvhighlights | ego4d | charades | tacos | youtube | tvsum."
+CACHE_HELP = "Cache file; {dataset}_{split}.jsonl go next to it."
+CLIP_HELP = (
+    "A local copy (folder or hub id) of the release's CLIP ViT-B/32: record its "
+    "fingerprint instead of the release marker."
+)
+
+
+@data_app.command("import-release", epilog=_epilog("import-release"))
+def import_release_command(
+    folder: Annotated[Path, typer.Argument(help=RELEASE_HELP)],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help=DATASET_HELP)],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help=CACHE_HELP, show_default="cache/DATASET.h5")
+    ] = None,
+    splits: Splits = None,
+    clip: Annotated[str | None, typer.Option("--clip", help=CLIP_HELP, show_default="none")] = None,
+) -> None:
+    """The R²-Tuning feature release (no videos, no CLIP needed) into one r2 cache + jsonl.
+
+    Resumable: a killed import keeps what it committed; running it again skips the files
+    already imported (same size and mtime; queries with the same text).
+    """
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .release import get_layout, import_release
+
+    with cli_errors("what was committed stays in the cache; re-run to finish"),  \
+            logging_redirect_tqdm():  # fmt: skip
+        name = get_layout(dataset).dataset
+        result = import_release(folder, name, out or Path("cache") / f"{name}.h5",
+                                splits=splits, clip=clip)  # fmt: skip
+    for line in result.summary_lines:
+        typer.echo(line)
+    if not result.usable:
+        typer.echo("error: nothing usable was imported (see the refused files above)", err=True)
+        raise typer.Exit(EXIT_FAILURE)

@@ -7,7 +7,10 @@ Two modes; in both `--out` is an output FOLDER:
     r2 eval --checkpoint runs/NAME --cache cache/x.h5 --anno SPLIT.jsonl [--out DIR]
         runs inference first and writes DIR/predictions.jsonl (QVHighlights submission
         format) and, when the split has ground truth, DIR/metrics.json; default DIR:
-        eval_<split> beside the checkpoint.
+        eval_<split> beside the checkpoint. A per-domain run folder (`r2 train --domain`,
+        YouTube Highlights / TVSum) is scored domain by domain, each with its own model, on
+        its own validation rows unless --anno is given, and the paper's per-domain table
+        (Table 3 / 4) is printed and written as DIR/table.json.
 Outputs are written atomically with the usual permissions (umask); the output folder is
 checked for writability before any work.
 """
@@ -28,6 +31,7 @@ EVAL_EXAMPLES = """Examples:
   r2 eval --pred predictions.jsonl --gt val.jsonl --dataset qvhighlights --out eval/
   r2 eval --checkpoint runs/qv --cache cache/qv.h5 --anno val.jsonl --out runs/qv/eval_val
   r2 eval --pred preds.jsonl --gt test.jsonl -d charades --allow-partial
+  r2 eval --checkpoint runs/tvsum --cache cache/tvsum.h5   # a per-domain run (r2 train --domain)
 """
 
 Pred = Annotated[Path | None, typer.Option(
@@ -57,7 +61,8 @@ ByQueryLength = Annotated[
     typer.Option("--by-query-length", help="QVHighlights: add MR mAP by query length (Table 6)."),
 ]
 Checkpoint = Annotated[Path | None, typer.Option(
-    "--checkpoint", help="Run folder or .safetensors: predict, then score.",
+    "--checkpoint", help="Run folder (or per-domain run folder) or .safetensors: predict, "
+    "then score.",
     show_default="none")]  # fmt: skip
 Cache = Annotated[
     Path | None,
@@ -66,7 +71,8 @@ Cache = Annotated[
     ),
 ]
 Anno = Annotated[Path | None, typer.Option(
-    "--anno", help="Split annotations, JSON Lines (with --checkpoint).", dir_okay=False,
+    "--anno", help="Split annotations, JSON Lines (with --checkpoint; a per-domain run: "
+    "default each domain's validation rows).", dir_okay=False,
     show_default="none")]  # fmt: skip
 Device = Annotated[str, typer.Option(help="With --checkpoint: auto | cpu | cuda | cuda:N.")]
 
@@ -88,7 +94,9 @@ def eval_command(
     from r2.errors import cli_errors
 
     with cli_errors():
-        if checkpoint is not None:
+        if checkpoint is not None and _is_domain_run(checkpoint):
+            _domains_mode(**_domains_options(options))
+        elif checkpoint is not None:
             _checkpoint_mode(**_checkpoint_options(options))
         else:
             _file_mode(**_file_options(options))
@@ -176,3 +184,36 @@ def _checkpoint_mode(checkpoint: Path, cache: Path, anno: Path, out: Path, devic
     typer.echo(f"predictions: {result.predictions_path}")
     if result.metrics_path:
         typer.echo(f"metrics: {result.metrics_path}")
+
+
+def _is_domain_run(checkpoint: Path) -> bool:
+    from r2.evaluate.domains import is_domain_run
+
+    return is_domain_run(checkpoint)
+
+
+def _domains_options(o: dict[str, Any]) -> dict[str, Any]:
+    """Check the options of `r2 eval --checkpoint PER_DOMAIN_RUN`."""
+    from r2.device import resolve_device
+    from r2.files import ensure_writable_dir
+
+    if o["cache"] is None:
+        raise UsageError("--cache is required with --checkpoint (the rows' feature cache)")
+    for name in ("pred", "gt"):
+        if o[name] is not None:
+            raise UsageError(f"--{name} and --checkpoint are two different modes: give one")
+    resolve_device(o["device"])
+    run, anno = Path(o["checkpoint"]), o["anno"]
+    out = o["out"] or run / f"eval_{Path(anno).stem if anno else 'val'}"
+    ensure_writable_dir(out, "output folder (--out)")
+    return {"run": run, "cache": o["cache"], "anno": anno, "out": out, "device": o["device"]}
+
+
+def _domains_mode(run: Path, cache: Path, anno: Path | None, out: Path, device: str) -> None:
+    """A per-domain run: every domain with its own model, then the paper's table."""
+    from r2.evaluate.domains import TABLE_NAME, evaluate_domains, format_domain_table
+
+    result = evaluate_domains(run, cache, anno, out, device=device)
+    typer.echo(format_domain_table(result.table))
+    typer.echo(f"per-domain predictions and metrics in {result.out_dir}/<domain>/; table: "
+               f"{result.out_dir / TABLE_NAME}")  # fmt: skip

@@ -25,6 +25,8 @@ TRAIN_EXAMPLES = """Examples:
   r2 train --cache cache/qv.h5 --train-anno train.jsonl --out runs/qv --resume
   r2 train --cache c.h5 --train-anno t.jsonl --val-anno v.jsonl --out runs/small \\
       --epochs 5 --config dims=128 --config padding_invariant=true
+  r2 train --cache cache/tvsum.h5 --train-anno tvsum_train.jsonl --val-anno tvsum_val.jsonl \\
+      --preset tvsum --domain all --out runs/tvsum
 """
 CONVERT_EXAMPLES = """Examples:
 
@@ -72,6 +74,17 @@ SkipMissing = Annotated[bool, typer.Option(
 StrictAnno = Annotated[bool, typer.Option(
     "--strict-anno", help="Windows needing repairs (start > end, negative, past the end, zero "
     "length) are errors, not counted warnings.")]  # fmt: skip
+Domain = Annotated[str | None, typer.Option(
+    "--domain", show_default="none (one model)",
+    help="YouTube Highlights / TVSum: one model per domain, NAME or all (runs in "
+    "OUT/NAME/, the paper's Table 3/4 layout in OUT/table.json; --resume skips finished "
+    "domains).")]  # fmt: skip
+Splits = Annotated[str, typer.Option(
+    "--splits", help="With --domain: lists (the domain_splits.json videos; rows of both files "
+    "pooled) | jsonl (the files' own split, rows by their domain field).")]  # fmt: skip
+SplitLists = Annotated[Path | None, typer.Option(
+    "--split-lists", help="With --domain: a domain_splits.json-style file.",
+    show_default="the released lists")]  # fmt: skip
 Config = Annotated[list[str] | None, typer.Option(
     "--config", show_default="the preset's model",
     help="Model option KEY=VALUE (an R2Config field; booleans true/false/1/0/yes/no, lists "
@@ -101,6 +114,9 @@ def train_command(
     skip_missing: SkipMissing = False,
     config: Config = None,
     strict_anno: StrictAnno = False,
+    domain: Domain = None,
+    splits: Splits = "lists",
+    split_lists: SplitLists = None,
 ) -> None:
     """Train R²-Tuning on cached CLIP features; validates every epoch, keeps the best.
 
@@ -109,14 +125,38 @@ def train_command(
     Highlights/TVSum; only validated epochs), last.*, resume.safetensors (optimizer, RNG and
     data position for an exact --resume), log.jsonl (one JSON object per log line) and
     train.log. Ctrl-C stops promptly; --resume continues from the last saved state.
+
+    With --domain (YouTube Highlights, TVSum): one such run per domain in OUT/NAME/, then
+    the per-domain table (printed, OUT/table.json).
     """
     options = dict(locals())
     from r2.errors import cli_errors
 
     hint = f"the last saved state is in {out} (continue with --resume)"
     with cli_errors(hint):
-        summary = run_train(train_options(options))
-    print(format_summary(summary, out))
+        per_domain = domain_options(options)
+        kwargs = train_options(options)
+        if per_domain:
+            table = run_train(kwargs, per_domain)
+        else:
+            summary = run_train(kwargs)
+    if per_domain:
+        from r2.evaluate.domains import TABLE_NAME, format_domain_table
+
+        print(format_domain_table(table))
+        print(f"per-domain runs in {out}/<domain>/; table: {out / TABLE_NAME}")
+    else:
+        print(format_summary(summary, out))
+
+
+def domain_options(options: dict[str, Any]) -> dict[str, Any] | None:
+    """Take --domain, --splits, --split-lists out of `options`: None without --domain."""
+    domain, splits, lists = (options.pop(k) for k in ("domain", "splits", "split_lists"))
+    if domain is None:
+        if splits != "lists" or lists is not None:
+            raise UsageError("--splits and --split-lists: only with --domain")
+        return None
+    return {"domain": domain, "splits": splits, "split_lists": lists}
 
 
 def train_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -140,15 +180,18 @@ def train_options(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def run_train(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """`r2.train.train` with console logging and progress bars that do not garble it."""
+def run_train(kwargs: dict[str, Any], per_domain: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`r2.train.train` (or, with `per_domain`, `r2.train.train_domains`: returns the table)
+    with console logging and progress bars that do not garble it."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from r2.train import train
+    from r2.train import train, train_domains
 
     with logging_redirect_tqdm():
+        if per_domain:
+            return train_domains(**kwargs, **per_domain)
         return train(**kwargs)
 
 
