@@ -17,11 +17,29 @@ from train_fixtures import one_thread  # noqa: F401 - autouse: one torch thread
 from typer.testing import CliRunner
 
 from r2.cli import app
-from r2.data.release import import_release
 from r2.errors import UsageError
-from r2.train.domains import plan, resolve_domain
 
 runner = CliRunner()
+
+
+def import_release(*args, **kwargs):
+    from r2.data.release import import_release as run  # new names: imported when called
+
+    return run(*args, **kwargs)
+
+
+def plan(*args):
+    from r2.train.domains import plan as run
+
+    return run(*args)
+
+
+def resolve_domain(*args):
+    from r2.train.domains import resolve_domain as run
+
+    return run(*args)
+
+
 CONFIG = [x for k, v in TINY.items() for x in ("--config", f"{k}={v}")]
 
 
