@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/long_video.py model
 	$(BIN)/python benchmarks/long_video.py extract
+	$(BIN)/python benchmarks/import_release.py
 
 clean:
 	rm -rf $(VENV) demo_out
