@@ -59,13 +59,14 @@ def test_map_tokens_chunked_equals_plain_sequential():
     torch.manual_seed(0)
     mlp = perturbed(R2Step(tiny_config()).video_map).eval()  # (16 + 2) -> 32
     x, tef = torch.randn(9, 5, 16).half(), torch.rand(9, 2)
-    g = torch.randn(9, 5, 32)
-    y = fused.map_tokens(x, tef, mlp, chunk_tokens=12)  # 5 chunks of 2 frames
-    (y * g).sum().backward()
+    g, g_cls = torch.randn(9, 5, 32), torch.randn(9, 32)
+    y, cls = fused.map_tokens(x, tef, mlp, chunk_tokens=12)  # 5 chunks of 2 frames
+    ((y * g).sum() + (cls * g_cls).sum()).backward()
     ours = _grads(mlp[0], mlp[2], mlp[4])
     plain = mlp[:6](torch.cat((x.float(), tef[:, None].expand(-1, 5, -1)), dim=-1))
-    (plain * g).sum().backward()
+    ((plain * g).sum() + (plain[:, 0] * g_cls).sum()).backward()
     torch.testing.assert_close(y, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cls, plain[:, 0], rtol=0, atol=0)
     for a, b in zip(ours, _grads(mlp[0], mlp[2], mlp[4]), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 

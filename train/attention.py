@@ -48,12 +48,16 @@ def position_encoding(mask: Tensor, dims: int, padding_invariant: bool = False) 
 
 
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
-    """Drop the whole residual branch per sample with probability p (scaled by 1/(1−p))."""
+    """Drop the whole residual branch per sample with probability p (scaled by 1/(1−p)).
+
+    The draws are float32 whatever x's dtype: in bfloat16, keep + u rounds to 1 already
+    for u ≥ 0.099 (a biased mask, and not the float32 run's mask for the same seed)."""
     if p == 0.0 or not training:
         return x
     keep = 1 - p
     shape = (x.size(0),) + (1,) * (x.dim() - 1)
-    return x.div(keep) * (keep + torch.rand(shape, dtype=x.dtype, device=x.device)).floor()
+    mask = (keep + torch.rand(shape, dtype=torch.float32, device=x.device)).floor()
+    return x.div(keep) * mask.to(x.dtype)
 
 
 class MultiHeadAttention(nn.Module):

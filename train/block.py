@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import pooling
 from .attention import TemporalRefiner, position_encoding
 from .config import R2Config
 from .fused import Dropout, map_tokens
@@ -73,13 +74,14 @@ class R2Step(nn.Module):
             c, cfg.heads, cfg.ffn_ratio, cfg.droppath, cfg.attention_order, cfg.temporal_layers
         )
 
-    def map_video(self, frames: Tensor, tef: Tensor | None) -> Tensor:
+    def map_video(self, frames: Tensor, tef: Tensor | None) -> tuple[Tensor, Tensor]:
         """`video_map` of (F, P, Dv) frame tokens (+ (F, 2) tef) WITHOUT its last Linear:
-        returns u (F, P, C) float32 with video_map(x) = last(u) (see `pool`)."""
+        u (F, P, C) with video_map(x) = last(u) (see `pool`), and its [CLS] tokens u[:, 0]
+        (F, C). float32, bfloat16 under bfloat16 autocast."""
         return map_tokens(frames, tef, self.video_map)  # chunk-wise, memory-lean
 
     def pool(
-        self, u: Tensor, q: Tensor, query_mask: Tensor, mask_max: bool
+        self, u: Tensor, q: Tensor, query_mask: Tensor, mask_max: bool, u_cls: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Query-modulated spatial pooling of the mapped tokens v = last(u).
 
@@ -87,6 +89,7 @@ class R2Step(nn.Module):
             u: (B, T, P, C) video tokens before `video_map`'s last Linear W6, b6; B may be 1
                 for Q queries about one video (broadcast).
             q: (B or Q, L, C) mapped query tokens.
+            u_cls: (B, T, C) = u[:, :, 0] as its own tensor (`map_video`), or None.
 
         Returns:
             v_cls (B, T, C), the mapped [CLS] tokens, and o (B or Q, T, C) = max_L(a·v + q).
@@ -94,28 +97,24 @@ class R2Step(nn.Module):
         Identical function, far fewer operations than the literal form: the scores
         (Wq q)·(Wv v + bv) are ((Wq q) Wv W6)·u + a per-query constant, and a·v =
         W6 (a·u) + b6 as the attention rows sum to 1, so neither `v_map` nor W6 runs on
-        all B·T·P tokens (when L < P; otherwise v is formed first).
+        all B·T·P tokens (when L < P; otherwise v is formed first). The rest runs in one
+        autograd node (pooling.py).
         """
-        b, t, p, c = u.shape
+        p = u.size(2)
         last = self.video_map[6]
+        u_cls = u[:, :, 0] if u_cls is None else u_cls
         qm = self.q_map(q)  # (B, L, C)
         q_eff = qm @ self.v_map.weight  # (B, L, C): scores = q_eff·v + qm·bv
         q_const = (qm * self.v_map.bias).sum(-1)  # (B, L), constant over the P tokens
-        late = q.size(1) < p  # apply W6 after pooling (fewer rows) or before
-        if late:
+        w6 = b6 = None
+        if q.size(1) < p:  # apply W6 after pooling (fewer rows)
             q_const = q_const + (q_eff * last.bias).sum(-1)
-            q_eff, v = q_eff @ last.weight, u
-        else:
-            v = last(u)
-        s = torch.matmul(q_eff, v.reshape(b, t * p, c).transpose(1, 2))  # (B, L, T·P)
-        s = (s.view(q.size(0), -1, t, p) + q_const[:, :, None, None]) / c**0.5
-        att = s.softmax(-1).transpose(1, 2)  # (B, T, L, P)
-        o = torch.matmul(att, v)  # (B, T, L, C)
-        o = (last(o) if late else o) + q.unsqueeze(1)
-        if mask_max:
-            o = o.masked_fill(~query_mask[:, None, :, None], float("-inf"))
-        v_cls = last(u[:, :, 0]) if late else v[:, :, 0]
-        return v_cls, o.amax(dim=2)
+            q_eff, w6, b6 = q_eff @ last.weight, last.weight, last.bias
+        else:  # or before
+            u = last(u)
+        o = pooling.pool(u, q_eff.float(), q_const.float(), w6, b6, q.float(),
+                         query_mask if mask_max else None)  # fmt: skip
+        return last(u_cls), o
 
 
 @dataclass
@@ -218,9 +217,12 @@ class R2Block(nn.Module):
             x = frames[:, s : s + n]  # (B, n, P, Dv), or (B, n, K, P, Dv) for mean fusion
             x = x.float().mean(2) if x.dim() == 5 else x
             e = None if tef is None else tef[:, s : s + n].reshape(-1, 2)
-            u = step.map_video(x.flatten(0, 1), e).view(x.size(0), x.size(1), p, -1)
+            u, u_cls = step.map_video(x.flatten(0, 1), e)
+            u, u_cls = u.view(x.size(0), x.size(1), p, -1), u_cls.view(x.size(0), x.size(1), -1)
             q = step.query_map(q_in) if q is None else q  # (B, L, C)
-            part_cls, part_o = step.pool(u, q, query_mask, mask_max)  # (1 or B, n, C), (B, n, C)
+            part_cls, part_o = step.pool(
+                u, q, query_mask, mask_max, u_cls
+            )  # (1|B, n, C), (B, n, C)
             if n >= t:
                 return part_cls, part_o, q
             if v_cls is None:

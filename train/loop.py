@@ -1,5 +1,6 @@
 """The training loop (spec §5): AdamW, linear warm-up then step LR drop, gradient clipping,
-autocast on CUDA, per-epoch validation, checkpoints and an exact resume.
+autocast (fp16 on CUDA, optional bf16 on CPU), per-epoch validation, checkpoints and an
+exact resume.
 
 Exactness of `--resume`: the learning rate is a pure function of (step, epoch); data order
 and positive-clip draws are functions of (seed, epoch, index) (see `data.py`); the model's
@@ -83,14 +84,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Mixed precision: "auto" = fp16 on CUDA (the original), none elsewhere."""
+    """Mixed precision: "auto" = fp16 on CUDA (the original), none elsewhere; "bf16" works
+    on CPU and CUDA (on CPU every matrix product of the model runs in bfloat16, including
+    the fused video_map layer: see train/fused.py); "fp16" needs CUDA."""
     choices = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
     if amp == "auto":
         return torch.float16 if device.type == "cuda" else None
     if amp not in choices:
         raise ValueError(f"amp must be one of auto, off, fp16, bf16; got {amp!r}")
-    if choices[amp] is not None and device.type != "cuda":
-        raise ValueError(f"--amp {amp} needs a CUDA device (training runs on {device})")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"--amp fp16 needs a CUDA device (training runs on {device}); use --amp bf16 on CPU"
+        )
     return choices[amp]
 
 
