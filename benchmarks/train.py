@@ -203,6 +203,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--chunk", type=int, default=None, help="tokens per chunk (tuning)")
     ap.add_argument("--no-accuracy", action="store_true", help="skip the accuracy comparison")
+    ap.add_argument("--no-timing", action="store_true", help="only the accuracy comparison")
     args = ap.parse_args()
     if args.chunk:
         fused.CHUNK_TOKENS = args.chunk
@@ -213,6 +214,8 @@ def main() -> None:
     if not args.no_accuracy:
         torch.set_num_threads(max(args.threads))
         accuracy_report(base, batch)
+    if args.no_timing:
+        return
     results = {th: time_variants(base, batch, th, args.rounds) for th in args.threads}
     for th, stats in results.items():
         report(stats, th, args.batch)

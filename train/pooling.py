@@ -51,7 +51,7 @@ def pool_forward(u, qe, qc, w6, b6, q, q_mask):
     dt = u.dtype
     s = _scores(u, qe.to(dt)).view(b, n, t, p).float()
     att = ((s + qc[:, :, None, None]) / c**0.5).softmax(-1)  # (B, L, T, P) float32
-    att_d = torch.empty(b, t, n, p, dtype=dt).copy_(att.transpose(1, 2))  # cast + transpose
+    att_d = u.new_empty(b, t, n, p).copy_(att.transpose(1, 2))  # cast + transpose
     if u.size(0) == b:
         o = torch.bmm(att_d.view(b * t, n, p), u.reshape(b * t, p, c))  # (B·T, L, C)
     else:
@@ -84,9 +84,7 @@ class _Pool(torch.autograd.Function):
                 "pooling backward: one video broadcast over queries is inference only"
             )
         g_q = g_out.new_zeros(b, n, c).scatter_add_(1, idx, g_out)  # the max's rows
-        g_y = torch.zeros(b, t, n, c, dtype=dt).scatter_(
-            2, idx[:, :, None], g_out[:, :, None].to(dt)
-        )
+        g_y = u.new_zeros(b, t, n, c).scatter_(2, idx[:, :, None], g_out[:, :, None].to(dt))
         g_y = g_y.view(-1, c)
         g_w6 = g_b6 = None
         if w6 is not None:
@@ -99,7 +97,7 @@ class _Pool(torch.autograd.Function):
         a = att.float()
         g_s = a * (g_att - (g_att * a).sum(-1, keepdim=True)) / c**0.5  # softmax backward
         g_qc = g_s.sum((1, 3))  # (B, L)
-        g_s = torch.empty(b, n, t, p, dtype=dt).copy_(g_s.transpose(1, 2)).view(b, n, -1)
+        g_s = u.new_empty(b, n, t, p).copy_(g_s.transpose(1, 2)).view(b, n, -1)
         g_qe = torch.bmm(g_s, u.reshape(b, t * p, c)).float()  # (B, L, C)
         g_u = torch.bmm(att.view(b * t, n, p).transpose(1, 2), g_o)  # (B·T, P, C)
         g_u.view(b, t * p, c).baddbmm_(g_s.transpose(1, 2), qe.to(dt))
@@ -107,6 +105,12 @@ class _Pool(torch.autograd.Function):
 
 
 def pool(u, qe, qc, w6, b6, q, q_mask) -> Tensor:
-    """max_L((a · u) W6ᵀ + b6 + q) per frame: (B, T, C) float32 (see `pool_forward`)."""
+    """max_L((a · u) W6ᵀ + b6 + q) per frame: (B, T, C) float32 (see `pool_forward`).
+
+    The products run in u's dtype, or in autocast's when it is on (as autocast would run
+    the literal ops: bfloat16 on CPU, float16 on CUDA by default)."""
+    dt = kernels.autocast_dtype(u.device.type)
+    if dt != _F32 and u.dtype != dt:
+        u = u.to(dt)
     with torch.autocast(u.device.type, enabled=False):
         return _Pool.apply(u, qe, qc, w6, b6, q, q_mask)
