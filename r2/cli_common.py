@@ -11,6 +11,14 @@ from r2.errors import UsageError
 DEFAULT_CHECKPOINT = "demo_out/run"
 CHECKPOINT_HELP = "Run folder, .safetensors checkpoint, or official:NAME (see `r2 models`)."
 PARTIAL_HINT = "(--allow-partial uses the part of a damaged video that decodes)"
+CLIP_DTYPES = ("fp32", "bf16", "fp16")
+CLIP_DTYPE_HELP = (
+    "CLIP compute dtype for encoding videos: fp32 | bf16 | fp16. Default: the dtype the "
+    "checkpoint's training features were extracted with (fp32 on CPU: the released "
+    "features' numbers, float16 storage). bf16 encodes @SPEED@ on CPUs with bfloat16 "
+    "instructions; measured cost (benchmarks/clip_precision.py, ViT-B/32 with random weights, "
+    "real frames and queries): features @FEATURES@; predictions @PREDICTIONS@."
+)
 
 
 def check_video_file(path: str | os.PathLike, what: str = "video") -> Path:
@@ -36,12 +44,21 @@ def check_clip_option(clip: str | None) -> str | None:
     return str(path) if path.is_dir() else clip
 
 
-def load_predictor(checkpoint: str, device: str, clip: str | None):
+def check_clip_dtype(dtype: str | None) -> str | None:
+    """`--clip-dtype`: one of CLIP_DTYPES, or None (the checkpoint's extraction dtype)."""
+    if dtype is not None and dtype not in CLIP_DTYPES:
+        raise UsageError(f"--clip-dtype must be one of {', '.join(CLIP_DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+def load_predictor(checkpoint: str, device: str, clip: str | None, clip_dtype: str | None = None):
     """`R2Predictor.from_pretrained` with the command line's error conventions."""
     from r2.api import R2Predictor
 
     try:
-        return R2Predictor.from_pretrained(checkpoint, device=device, clip_model=clip)
+        return R2Predictor.from_pretrained(
+            checkpoint, device=device, clip_model=clip, clip_dtype=check_clip_dtype(clip_dtype)
+        )
     except ValueError as err:  # CLIP does not match the checkpoint's features
         raise UsageError(str(err)) from None
 

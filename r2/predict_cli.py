@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from r2.cli_common import CHECKPOINT_HELP, DEFAULT_CHECKPOINT
+from r2.cli_common import CHECKPOINT_HELP, CLIP_DTYPE_HELP, DEFAULT_CHECKPOINT
 
 BATCH_TOP = 10  # moments per row in batch mode unless --top is given
 
@@ -65,6 +65,7 @@ def predict_command(
     clip_model: Annotated[
         str | None, typer.Option("--clip", help="Load CLIP from here instead of the recorded id.")
     ] = None,
+    clip_dtype: Annotated[str | None, typer.Option("--clip-dtype", help=CLIP_DTYPE_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     allow_partial: Annotated[
         bool, typer.Option("--allow-partial", help="Use the decodable part of a damaged video.")
@@ -95,6 +96,7 @@ def predict_command(
                 allow_partial,
                 workers,
                 (plot, json_out, chapters),
+                clip_dtype=clip_dtype,
             )
         else:
             _single(
@@ -109,12 +111,14 @@ def predict_command(
                 clip_model,
                 device,
                 allow_partial,
+                clip_dtype=clip_dtype,
             )
 
 
 def _batch(
-    inputs, queries_file, out, checkpoint, top, device, clip, allow_partial, workers, single_outputs
-) -> None:
+    inputs, queries_file, out, checkpoint, top, device, clip, allow_partial, workers,
+    single_outputs, clip_dtype=None,
+) -> None:  # fmt: skip
     from r2.batch import predict_batch
     from r2.cli_common import check_clip_option, load_predictor
     from r2.errors import RunFailureError, UsageError
@@ -129,8 +133,11 @@ def _batch(
         )
     ensure_writable(out, "results file")
     clip = check_clip_option(clip)
-    predictor = load_predictor(checkpoint, device, clip)
-    identity = {"checkpoint_sha256": sha256_file(predictor.checkpoint)}
+    predictor = load_predictor(checkpoint, device, clip, clip_dtype)
+    identity = {
+        "checkpoint_sha256": sha256_file(predictor.checkpoint),
+        "clip_dtype": predictor.encoder.settings.dtype,  # bf16 results differ slightly
+    }
     summary = predict_batch(
         predictor,
         inputs,
@@ -186,8 +193,9 @@ def _encode(predictor, video: Path, allow_partial: bool):
 
 
 def _single(
-    inputs, out, checkpoint, top, plot, json_out, chapters, anno, clip, device, allow_partial
-) -> None:
+    inputs, out, checkpoint, top, plot, json_out, chapters, anno, clip, device, allow_partial,
+    clip_dtype=None,
+) -> None:  # fmt: skip
     from r2.api import check_queries
     from r2.cli_common import check_clip_option, check_video_file, load_predictor
     from r2.errors import UsageError
@@ -212,7 +220,7 @@ def _single(
         raise UsageError(f"{err} (or give --queries FILE for a batch)") from None
     plots = _check_outputs(plot, json_out, chapters, len(queries))
     truth = TruthIndex(anno) if anno else None
-    predictor = load_predictor(checkpoint, device, check_clip_option(clip))
+    predictor = load_predictor(checkpoint, device, check_clip_option(clip), clip_dtype)
     features = _encode(predictor, video, allow_partial)
     preds = predictor.predict_many(features, queries, top=top)
     _report(video, preds, plots, truth, top)

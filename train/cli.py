@@ -18,6 +18,14 @@ PRELOAD_CHOICES = ("none", "ram", "gpu", "auto")
 AMP_CHOICES = ("auto", "off", "fp16", "bf16")
 PRESET_HELP = "qvhighlights | charades | tacos | ego4d | youtube | tvsum"
 FROM_PRESET = "from --preset"
+AMP_HELP = (
+    "Mixed precision: auto (fp16 on CUDA as the original, off on CPU) | off (float32) | "
+    "fp16 (CUDA) | bf16 (CPU or CUDA). On CPU bf16 runs every matrix product in bfloat16: "
+    "a QVHighlights step (B=32) takes 0.62x the float32 time on 1 core, 0.69x on 2; measured "
+    "against the float32 step (same weights, batch and dropout draws): loss within 6e-5 "
+    "relative (largest loss term 8e-4), gradient cosine 0.998 (benchmarks/train.py). Not "
+    "bit-identical to float32 runs."
+)
 
 TRAIN_EXAMPLES = """Examples:
 
@@ -68,7 +76,7 @@ MaxSteps = Annotated[
         min=1, help="Stop after N steps in total (--resume goes on).", show_default="none"
     ),
 ]
-Amp = Annotated[str, typer.Option(help="auto (fp16 on CUDA) | off | fp16 | bf16.")]
+Amp = Annotated[str, typer.Option(help=AMP_HELP)]
 SkipMissing = Annotated[bool, typer.Option(
     "--skip-missing", help="Drop queries whose features are not cached.")]  # fmt: skip
 StrictAnno = Annotated[bool, typer.Option(

@@ -161,12 +161,12 @@ class _MapTokens(torch.autograd.Function):
     def forward(ctx, x, tef, w1, b1, w2, b2, w4, b4, spec: _Spec):
         n, p = x.size(0), x.size(1)
         s1, s2, dt = 1.0 / (1.0 - spec.p1), 1.0 / (1.0 - spec.p2), spec.dtype
-        w2d, b2d, w4s, b4s = w2.to(dt), b2.to(dt), w4 * s2, b4 * s2
-        u = torch.empty(n, p, w2.size(0), dtype=dt, device=x.device)
+        w1s, b1s, w2d, b2d, w4s, b4s = w1 * s1, b1 * s1, w2.to(dt), b2.to(dt), w4 * s2, b4 * s2
+        u = torch.empty(n, p, w2.size(0), dtype=dt, device=x.device)  # (F, P, C), filled in place
         saved = []
         for f0 in range(0, n, spec.frames):
             xc, tc = x[f0 : f0 + spec.frames], None if tef is None else tef[f0 : f0 + spec.frames]
-            y, keep1, mean1, rstd1 = _norm_linear_fwd(xc, tc, w1 * s1, b1 * s1, w2d, b2d, spec)
+            y, keep1, mean1, rstd1 = _norm_linear_fwd(xc, tc, w1s, b1s, w2d, b2d, spec)
             y = y.relu_()
             h, mean2, rstd2 = torch.native_layer_norm(y, (y.size(1),), w4s, b4s, spec.eps2)
             uc, keep2 = u[f0 : f0 + spec.frames].view(h.shape), None
