@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/anno_limits.py
 	$(BIN)/python benchmarks/extract.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/clip_precision.py --skip-predictions
 	$(BIN)/python benchmarks/long_video.py model
 	$(BIN)/python benchmarks/long_video.py extract
 	$(BIN)/python benchmarks/import_release.py

@@ -15,9 +15,13 @@ CLIP_DTYPES = ("fp32", "bf16", "fp16")
 CLIP_DTYPE_HELP = (
     "CLIP compute dtype for encoding videos: fp32 | bf16 | fp16. Default: the dtype the "
     "checkpoint's training features were extracted with (fp32 on CPU: the released "
-    "features' numbers, float16 storage). bf16 encodes @SPEED@ on CPUs with bfloat16 "
-    "instructions; measured cost (benchmarks/clip_precision.py, ViT-B/32 with random weights, "
-    "real frames and queries): features @FEATURES@; predictions @PREDICTIONS@."
+    "features' numbers, float16 storage). bf16 encodes 2.9x faster on CPUs with bfloat16 "
+    "instructions (ViT-B/32, 2 cores: 63 vs 22 frames/s); measured cost "
+    "(benchmarks/clip_precision.py, ViT-B/32 with random weights, real frames and queries): "
+    "features differ from fp32 by 0.8-1.0% (relative L2; worst token cosine 0.99993; "
+    "float16 storage alone changes 0.02%); a model trained on fp32 features kept its top-1 "
+    "window for 38 of 39 queries, saliency within 0.008, R1@0.7 -2.6 (that one query), "
+    "mAP -0.8."
 )
 
 
