@@ -1,13 +1,17 @@
 """The embedded demo end to end (a smaller version of `make demo`): the model must learn.
 
-Runs r2.demo.run_demo on 40 procedural videos with a tiny random CLIP (the pretrained one is
-made unavailable on purpose), then checks on the held-out TEST videos (8 videos, 16-21
-queries; they play no part in training or in choosing the epoch, which the 4 validation
-videos do) that the trained model beats the trivial baselines by a stated margin:
-  - moment retrieval, MR-full-mAP: at least +15 points over the best single fixed window
-    (seed 0: 35.2 vs 11.9; seeds 0-7: margins 15.1-42.0, median 23.3);
-  - highlight detection, HL-min-VeryGood-mAP: at least +5 points over random saliency
-    (seed 0: 38.3 vs 26.2; seeds 0-7: margins 4.6-16.8, median 13.7; only seed 1 is below).
+Runs r2.demo.run_demo on 60 procedural videos with a tiny random CLIP (the pretrained one is
+made unavailable on purpose), then checks on the held-out TEST videos (12 videos; they play no
+part in training or in choosing the epoch, which the 6 validation videos do) that the trained
+model beats the trivial baselines by a stated margin:
+  - moment retrieval, MR-full-mAP: at least +20 points over the best single fixed window
+    (seeds 0-7: margins 33.0-39.2; seed 0: 41.7 vs 8.7);
+  - highlight detection, HL-min-VeryGood-mAP: at least +10 points over random saliency
+    (seeds 0-7: margins 16.4-30.9; seed 0: 45.8 vs 24.9).
+With 40 videos (28 for training, 8 for testing) the margins were 8-42 (MR) and 1-28 (HL)
+over seeds: a rounding-level change in the float32 math (oneDNN products) moved seed 0 below
+the threshold, the trajectory diverging chaotically after ~40 steps from losses equal to
+1e-7. 60 videos learn reliably; the margins were re-measured on seeds 0-7 with that code.
 """
 
 import json
@@ -19,9 +23,9 @@ import pytest
 
 from r2.demo import DemoSize, run_demo
 
-MR_MARGIN = 15.0  # MR-full-mAP points above the fixed-window baseline
-HL_MARGIN = 5.0  # HL-min-VeryGood-mAP points above random saliency
-SMALL = DemoSize(n_videos=40, epochs=8, batch_size=8, warmup=20)
+MR_MARGIN = 20.0  # MR-full-mAP points above the fixed-window baseline
+HL_MARGIN = 10.0  # HL-min-VeryGood-mAP points above random saliency
+SMALL = DemoSize(n_videos=60, epochs=8, batch_size=8, warmup=20)
 
 
 @pytest.fixture(scope="module")
