@@ -16,63 +16,48 @@ from r2.cli_common import CHECKPOINT_HELP, CLIP_DTYPE_HELP, DEFAULT_CHECKPOINT
 BATCH_TOP = 10  # moments per row in batch mode unless --top is given
 
 
+Inputs = Annotated[list[str], typer.Argument(
+    help="VIDEO then one or more quoted queries; with --queries: video files and/or "
+    "folders (searched recursively).", show_default=False)]  # fmt: skip
+QueriesFile = Annotated[Path | None, typer.Option("--queries", help="Batch: text file (one "
+    "query per line, for every video) or QVHighlights jsonl (qid, query, vid).")]  # fmt: skip
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="Batch: results JSONL (resumable).")]
+Checkpoint = Annotated[str, typer.Option("--checkpoint", "-c", help=CHECKPOINT_HELP)]
+Top = Annotated[int | None, typer.Option(min=1, help="Moments per query (default 5; batch: 10).")]
+Plot = Annotated[Path | None, typer.Option(
+    "--plot", help="Figure .png/.svg/.pdf/.jpg (several queries: NAME-1.png...).")]  # fmt: skip
+JsonOut = Annotated[Path | None, typer.Option("--json", help="Results as JSON (schema in "
+    "r2/export.py): per query, moments as (start_s, end_s, score) and per-clip saliency "
+    "(clip i = seconds i/fps to (i+1)/fps), times in ms precision.")]  # fmt: skip
+Chapters = Annotated[Path | None, typer.Option(
+    "--chapters", help="WebVTT chapters: one cue per top moment.")]  # fmt: skip
+Anno = Annotated[list[Path] | None, typer.Option(
+    "--anno", help="Annotations (jsonl) to draw ground truth in the plot.")]  # fmt: skip
+ClipModel = Annotated[str | None, typer.Option(
+    "--clip", help="Load CLIP from here instead of the recorded id.")]  # fmt: skip
+ClipDtype = Annotated[str | None, typer.Option("--clip-dtype", help=CLIP_DTYPE_HELP)]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
+AllowPartial = Annotated[bool, typer.Option(
+    "--allow-partial", help="Use the decodable part of a damaged video.")]  # fmt: skip
+Workers = Annotated[int | None, typer.Option(
+    min=0, help="Batch: decode processes (default: cores - 1).")]  # fmt: skip
+
+
 def predict_command(
-    inputs: Annotated[
-        list[str],
-        typer.Argument(
-            help="VIDEO then one or more quoted queries; with --queries: video files and/or "
-            "folders (searched recursively).",
-            show_default=False,
-        ),
-    ],
-    queries_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--queries",
-            help="Batch: text file (one query per line, for every "
-            "video) or QVHighlights jsonl (qid, query, vid).",
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Batch: results JSONL (resumable).")
-    ] = None,
-    checkpoint: Annotated[
-        str, typer.Option("--checkpoint", "-c", help=CHECKPOINT_HELP)
-    ] = DEFAULT_CHECKPOINT,
-    top: Annotated[
-        int | None, typer.Option(min=1, help="Moments per query (default 5; batch: 10).")
-    ] = None,
-    plot: Annotated[
-        Path | None,
-        typer.Option("--plot", help="Figure .png/.svg/.pdf/.jpg (several queries: NAME-1.png...)."),
-    ] = None,
-    json_out: Annotated[
-        Path | None,
-        typer.Option(
-            "--json",
-            help="Results as JSON (schema in r2/export.py): per query, moments as "
-            "(start_s, end_s, score) and per-clip saliency "
-            "(clip i = seconds i/fps to (i+1)/fps), times in ms precision.",
-        ),
-    ] = None,
-    chapters: Annotated[
-        Path | None, typer.Option("--chapters", help="WebVTT chapters: one cue per top moment.")
-    ] = None,
-    anno: Annotated[
-        list[Path] | None,
-        typer.Option("--anno", help="Annotations (jsonl) to draw ground truth in the plot."),
-    ] = None,
-    clip_model: Annotated[
-        str | None, typer.Option("--clip", help="Load CLIP from here instead of the recorded id.")
-    ] = None,
-    clip_dtype: Annotated[str | None, typer.Option("--clip-dtype", help=CLIP_DTYPE_HELP)] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    allow_partial: Annotated[
-        bool, typer.Option("--allow-partial", help="Use the decodable part of a damaged video.")
-    ] = False,
-    workers: Annotated[
-        int | None, typer.Option(min=0, help="Batch: decode processes (default: cores - 1).")
-    ] = None,
+    inputs: Inputs,
+    queries_file: QueriesFile = None,
+    out: Out = None,
+    checkpoint: Checkpoint = DEFAULT_CHECKPOINT,
+    top: Top = None,
+    plot: Plot = None,
+    json_out: JsonOut = None,
+    chapters: Chapters = None,
+    anno: Anno = None,
+    clip_model: ClipModel = None,
+    clip_dtype: ClipDtype = None,
+    device: Device = "auto",
+    allow_partial: AllowPartial = False,
+    workers: Workers = None,
 ) -> None:
     """Find the moments of videos that match queries; each video is encoded once.
 
