@@ -21,6 +21,8 @@ from typing import Any
 from r2.errors import UsageError
 from r2.files import atomic_write, ensure_writable_dir, write_text_atomic
 
+from .jsonl import MAX_ARRAY_FILE_BYTES, JsonInputError, loads
+
 FIRST_LINES = 5  # line numbers kept per repair kind
 ACTIONS = ("fixed", "clamped", "dropped")
 
@@ -47,6 +49,22 @@ def find_files(sources: Sequence[str | os.PathLike], names: Iterable[str]) -> di
         else:
             raise ReleaseError(f"{src}: no such file or folder")
     return found
+
+
+def load_release_json(path: Path) -> Any:
+    """One whole-file JSON document of a release, size-bounded and strictly parsed.
+
+    Raises:
+        ReleaseError: the file is missing, larger than `MAX_ARRAY_FILE_BYTES` or not JSON.
+    """
+    if not path.is_file():
+        raise ReleaseError(f"{path}: the release's annotation file is missing")
+    if path.stat().st_size > MAX_ARRAY_FILE_BYTES:
+        raise ReleaseError(f"{path}: larger than {MAX_ARRAY_FILE_BYTES:,} bytes")
+    try:
+        return loads(path.read_bytes(), str(path))
+    except JsonInputError as exc:
+        raise ReleaseError(str(exc)) from None
 
 
 def require(found: dict[str, Path], names: Iterable[str], sources: Sequence) -> list[Path]:

@@ -36,10 +36,10 @@ from .common import (
     RepairLog,
     clamp_window,
     finite_or_none,
+    load_release_json,
     seconds,
     write_splits,
 )
-from .jsonl import MAX_ARRAY_FILE_BYTES, JsonInputError, loads
 
 DATASET = "ego4d"
 FILE_NAME = re.compile(r"^nlq_(?P<split>[a-z]+)(?:_unannotated)?\.json$")
@@ -63,12 +63,7 @@ def _files(sources: Sequence[str | os.PathLike]) -> dict[str, Path]:
 
 
 def _load(path: Path) -> list:
-    if path.stat().st_size > MAX_ARRAY_FILE_BYTES:
-        raise ReleaseError(f"{path}: larger than {MAX_ARRAY_FILE_BYTES:,} bytes")
-    try:
-        data = loads(path.read_bytes(), str(path))
-    except JsonInputError as exc:
-        raise ReleaseError(str(exc)) from None
+    data = load_release_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("videos"), list):
         raise ReleaseError(f"{path}: expected the NLQ schema ({{'videos': [...]}})")
     return data["videos"]

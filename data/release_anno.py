@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import ConvertResult, ReleaseError, RepairLog, finite_or_none
-from .jsonl import MAX_ARRAY_FILE_BYTES, JsonInputError, loads
+from .common import ConvertResult, ReleaseError, RepairLog, finite_or_none, load_release_json
 
 log = logging.getLogger(__name__)
 
@@ -159,14 +158,7 @@ def _read_jsonl(folder: Path, layout: ReleaseLayout, out: ReleaseAnnotations) ->
 
 
 def _load_object(path: Path) -> dict:
-    if not path.is_file():
-        raise ReleaseError(f"{path}: the release's annotation file is missing")
-    if path.stat().st_size > MAX_ARRAY_FILE_BYTES:
-        raise ReleaseError(f"{path}: larger than {MAX_ARRAY_FILE_BYTES:,} bytes")
-    try:
-        data = loads(path.read_bytes(), str(path))
-    except JsonInputError as exc:
-        raise ReleaseError(str(exc)) from None
+    data = load_release_json(path)
     if not isinstance(data, dict):
         raise ReleaseError(f"{path}: expected one JSON object keyed by video id")
     return data

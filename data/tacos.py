@@ -30,11 +30,11 @@ from .common import (
     clamp_window,
     find_files,
     finite_or_none,
+    load_release_json,
     require,
     seconds,
     write_splits,
 )
-from .jsonl import MAX_ARRAY_FILE_BYTES, JsonInputError, loads
 
 DATASET = "tacos"
 SPLITS = ("train", "val", "test")
@@ -42,12 +42,7 @@ VIDEO_SUFFIX = ".avi"
 
 
 def _load(path: Path) -> dict:
-    if path.stat().st_size > MAX_ARRAY_FILE_BYTES:
-        raise ReleaseError(f"{path}: larger than {MAX_ARRAY_FILE_BYTES:,} bytes")
-    try:
-        data = loads(path.read_bytes(), str(path))
-    except JsonInputError as exc:
-        raise ReleaseError(str(exc)) from None
+    data = load_release_json(path)
     if not isinstance(data, dict):
         raise ReleaseError(f"{path}: expected one JSON object keyed by video file name")
     return data
