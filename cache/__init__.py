@@ -31,6 +31,7 @@ from .records import (
     CacheError,
     CacheMismatchError,
     CacheSettings,
+    CacheWriteError,
     QueryRecord,
     VideoRecord,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "CacheError",
     "CacheMismatchError",
     "CacheSettings",
+    "CacheWriteError",
     "CacheWriter",
     "FeatureCache",
     "QueryRecord",

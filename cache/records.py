@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from r2.errors import UsageError
+from r2.errors import RunFailureError, UsageError
 
 FORMAT_NAME = "r2-feature-cache"  # root attribute `format`: marks an HDF5 file as an r2 cache
 FORMAT_VERSION = 2  # root attribute `format_version`; bump on any incompatible layout change
@@ -16,6 +16,13 @@ DTYPE_CHOICES = ("fp32", "fp16", "bf16")
 
 class CacheError(UsageError):
     """A cache file cannot be used: not a cache, corrupt, locked, or misused. Names the path."""
+
+
+class CacheWriteError(RunFailureError, CacheError):
+    """Writing to a cache failed (disk full, I/O error); items committed before are intact.
+
+    A runtime failure (exit code 1), not bad input: the writer is closed, the file valid.
+    """
 
 
 class CacheMismatchError(CacheError):

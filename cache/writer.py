@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from .records import (
     CacheError,
     CacheMismatchError,
     CacheSettings,
+    CacheWriteError,
     QueryRecord,
     VideoRecord,
 )
@@ -37,6 +39,32 @@ from .stream import VideoStream, check_query, check_video_record
 from .superblock import restore_superblock
 
 log = logging.getLogger(__name__)
+
+SPACE_MARGIN = 4 * 2**20  # bytes a write leaves free on the disk (HDF5 metadata, the commit)
+MB = 2**20
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes this process may still write in `path`'s folder (None: the filesystem won't say)."""
+    try:
+        st = os.statvfs(path.parent)
+    except (OSError, AttributeError):
+        return None
+    if st.f_blocks == 0:  # pseudo filesystems report no sizes at all
+        return None
+    root = getattr(os, "geteuid", lambda: -1)() == 0  # root may use the reserved blocks
+    return (st.f_bfree if root else st.f_bavail) * st.f_frsize
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a failed HDF5/OS write: the OS error when known ("No space left on device")."""
+    number = getattr(exc, "errno", None)
+    found = re.search(r"errno = (\d+)", str(exc))
+    if found:
+        number = int(found.group(1))
+    if number:
+        return f"{os.strerror(number)} (errno {number})"
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def _restore(path: Path, backup: tuple[bytes, int]) -> None:
@@ -168,6 +196,7 @@ class CacheWriter:
         row[()] = (counts[L.N_STRING_BYTES], len(vid), counts[L.N_STRING_BYTES] + len(vid),
                    len(source), start, record.n_clips, record.duration, record.size,
                    record.mtime, record.partial, record.fps or 0.0, crc)  # fmt: skip
+        self._reserve(len(vid) + len(source) + row.nbytes)
         with self._io():
             self._write(L.STRINGS, counts[L.N_STRING_BYTES], np.frombuffer(vid + source, np.uint8))
             self._write(L.VIDEO_INDEX, counts[L.N_VIDEO_ROWS], row[None])
@@ -198,6 +227,7 @@ class CacheWriter:
             pool += [qid, text]
             offset += len(qid) + len(text)
             start += len(feats)
+        self._reserve(sum(f.nbytes for f in features) + rows.nbytes + offset - counts[L.N_STRING_BYTES])
         with self._io():
             self._write(
                 L.STRINGS, counts[L.N_STRING_BYTES], np.frombuffer(b"".join(pool), np.uint8)
@@ -212,6 +242,7 @@ class CacheWriter:
     def _write_rows(self, name: str, at: int, data: np.ndarray) -> None:
         """`_write` for a stream: checks the writer first, reports failures as CacheError."""
         self._check_open()
+        self._reserve(data.nbytes)
         with self._io():
             self._write(name, at, data)
 
@@ -232,13 +263,54 @@ class CacheWriter:
         self._f.flush()
         self._seq, self._counts = self._seq + 1, counts
 
+    def _reserve(self, nbytes: int) -> None:
+        """Refuse a write the disk has no room for BEFORE HDF5 starts it (CacheWriteError).
+
+        A write that fails inside HDF5 is survived too (`_io`), but refusing it first keeps
+        the writer usable and the file closed normally.
+        """
+        free = free_bytes(self.path)
+        if free is not None and free < nbytes + SPACE_MARGIN:
+            raise CacheWriteError(
+                f"{self.path}: disk full ({free / MB:.1f} MB free; the next write needs "
+                f"{nbytes / MB:.1f} MB + {SPACE_MARGIN // MB} MB); every item committed "
+                "before is intact"
+            )
+
     @contextlib.contextmanager
     def _io(self) -> Iterator[None]:
         try:
             yield
         except (OSError, RuntimeError) as exc:
-            raise CacheError(f"{self.path}: write failed ({exc}); items committed before "
-                             "are intact") from exc  # fmt: skip
+            self._abandon()
+            raise CacheWriteError(f"{self.path}: write failed: {_reason(exc)}; every item "
+                                  "committed before is intact") from exc  # fmt: skip
+
+    def _abandon(self) -> None:
+        """After a failed write: close the HDF5 file WITHOUT letting HDF5 write to it again.
+
+        HDF5's closing flush would fail as well and, on a full disk, leave the library in a
+        state that crashes the interpreter at exit (segfault). Its descriptor is pointed at
+        /dev/null first, so the file stays exactly as it was when the write failed: every
+        commit before is intact, as after a kill. The superblock flags are then cleared
+        (in place, no new space) so that plain HDF5 tools open the file again.
+        """
+        f, self._f, self._stream = self._f, None, None
+        if f is None:
+            return
+        with contextlib.suppress(Exception):
+            fd = f.id.get_vfd_handle()
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+        with contextlib.suppress(Exception):
+            f.close()
+        self._datasets = {}  # their handles are closed with the file (CLOSE_STRONG)
+        with contextlib.suppress(CacheError, OSError):
+            clear_flags_locked(self.path)
+        log.debug("%s: writer abandoned after a failed write", self.path)
 
     def _check_open(self) -> None:
         if self._f is None:

@@ -6,12 +6,18 @@ worker processes import it.
 """
 
 from .inputs import InputError
-from .run import ExtractSummary, default_out, default_workers, extract, tune_environment
+from .options import ExtractOptions, default_threads, default_workers
+from .run import default_out, extract, tune_environment
+from .shard import Shard
+from .summary import ExtractSummary
 
 __all__ = [
+    "ExtractOptions",
     "ExtractSummary",
     "InputError",
+    "Shard",
     "default_out",
+    "default_threads",
     "default_workers",
     "extract",
     "tune_environment",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -26,6 +27,8 @@ EXTRACT_EXAMPLES = """Examples:
   r2 extract videos/ --anno train.jsonl --anno val.jsonl --out cache/qv.h5
   r2 extract clip1.mp4 clip2.mkv --anno queries.jsonl --out cache/mine.h5 --fps 1
   r2 extract videos/ --anno val.jsonl --clip ~/models/clip-vit-b32 --device cpu --workers 2
+  for i in 0 1 2 3; do r2 extract videos/ --anno all.jsonl --out cache/qv.h5 --shard $i/4 & done
+  r2 cache merge cache/qv.shard-*-of-4.h5 --out cache/qv.h5
 """
 
 Videos = Annotated[list[Path] | None, typer.Argument(
@@ -52,14 +55,22 @@ Dtype = Annotated[str | None, typer.Option(help="Compute dtype fp32 | fp16 | bf1
                                            show_default="fp16 on CUDA, else fp32")]  # fmt: skip
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 Workers = Annotated[int | None, typer.Option(
-    min=0, help="Decode processes (0: decode in this process).",
-    show_default="cores - 1, at most 8")]  # fmt: skip
+    min=0, help="Decode processes (0: decode in this process). They run at a lower priority "
+    "than the forward pass and fill the gaps it leaves (measured: benchmarks/extract.py).",
+    show_default="one per core, at most 8")]  # fmt: skip
+Threads = Annotated[int | None, typer.Option(
+    min=1, help="Torch threads of the CPU forward pass.", show_default="one per core")]  # fmt: skip
+Shard = Annotated[str | None, typer.Option(
+    help="Extract shard I of N (0-based, e.g. 2/8): 1/N of the videos balanced by duration "
+    "and their queries, into <out stem>.shard-I-of-N.h5; then `r2 cache merge` the shards.",
+    show_default="from torchrun (RANK/WORLD_SIZE) or a slurm array, else none")]  # fmt: skip
 BatchFrames = Annotated[
     int | None,
     typer.Option(min=1, help="Frames per forward pass.", show_default="32 on CPU, 256 on GPU"),
 ]
 AllowPartial = Annotated[bool, typer.Option(
-    "--allow-partial", help="Keep the decodable part of damaged videos.")]  # fmt: skip
+    "--allow-partial", help="Keep the decodable beginning of damaged videos (recorded as "
+    "partial, with the length kept).")]  # fmt: skip
 Strict = Annotated[bool, typer.Option(
     "--strict", help="Stop at the first video that can't be used.")]  # fmt: skip
 
@@ -76,15 +87,18 @@ def extract_command(
     dtype: Dtype = None,
     device: Device = "auto",
     workers: Workers = None,
+    threads: Threads = None,
     batch_frames: BatchFrames = None,
+    shard: Shard = None,
     allow_partial: AllowPartial = False,
     strict: Strict = False,
 ) -> None:
     """Extract multi-layer CLIP features of videos and queries into one cache file.
 
     Incremental: what is already cached is skipped, changed videos are re-extracted.
-    Unreadable videos are skipped with a reason; the exit code is 1 only if no given
-    video ends up usable (or on any skip with --strict, or on an error).
+    Unreadable or damaged videos are skipped with a reason; the exit code is 1 only if no
+    given video ends up usable (or on any skip with --strict, or on an error). Ctrl-C (or
+    SIGTERM, e.g. a slurm time limit) stops at once; what was committed stays in the cache.
     """
     options = dict(locals())
     from r2.errors import cli_errors
@@ -120,5 +134,14 @@ def run_extract(o: dict):
 
     from r2.extract import extract
 
-    with logging_redirect_tqdm():
-        return extract(o.pop("videos"), o.pop("out"), o.pop("anno"), **o)
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        with logging_redirect_tqdm():
+            return extract(o.pop("videos"), o.pop("out"), o.pop("anno"), **o)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_interrupt(signum, frame) -> None:
+    """SIGTERM (a slurm time limit or preemption, `kill`) stops the run like Ctrl-C."""
+    raise KeyboardInterrupt

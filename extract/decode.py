@@ -170,9 +170,11 @@ class ClipFrames(Iterator[np.ndarray]):
         self._src = _Source(self.path, threads)
         try:
             self._table = _scan(self._src)
-            if self._table.error and not allow_partial:
-                raise VideoError(f"{self.path}: cannot read the file: {self._table.error}")
             self._plan = _plan(self._src, self._table, self.rate, frame_at)
+            if self._table.error and not allow_partial:
+                kept = self._plan.probe.duration
+                raise VideoError(f"{self.path}: {self._table.error} (the first {kept:.1f} s "
+                                 "decode)", partial_s=kept)  # fmt: skip
         except BaseException:
             self._src.close()
             raise
@@ -212,7 +214,9 @@ class ClipFrames(Iterator[np.ndarray]):
         except (av.FFmpegError, OSError) as exc:
             where = f"after {len(done)} of {self.probe.n_clips} clips"
             if not (self.allow_partial and done):
-                raise VideoError(f"{self.path}: decoding failed {where}: {_reason(exc)}") from None
+                kept = float(len(done) / self.rate) if done else None
+                raise VideoError(f"{self.path}: decoding failed {where}: {_reason(exc)}",
+                                 partial_s=kept) from None  # fmt: skip
             logger.warning(
                 "%s: decoding failed %s (%s); keeping them", self.path, where, _reason(exc)
             )
@@ -366,8 +370,10 @@ def probe_video(path: str | os.PathLike, fps: float, frame_at: str = "middle") -
     src = _Source(os.fspath(path), threads=1)
     try:
         table = _scan(src)
+        plan = _plan(src, table, as_rate(fps), frame_at)
         if table.error:
-            raise VideoError(f"{src.path}: cannot read the file: {table.error}")
-        return _plan(src, table, as_rate(fps), frame_at).probe
+            kept = plan.probe.duration
+            raise VideoError(f"{src.path}: {table.error} (the first {kept:.1f} s decode)", kept)
+        return plan.probe
     finally:
         src.close()

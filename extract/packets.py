@@ -23,6 +23,7 @@ import numpy as np
 from av.stream import Discard, Disposition
 
 from r2.errors import UsageError
+from r2.extract.damage import DemuxerLog, declared_shortfall
 from r2.extract.filters import _TRANSPOSING, _display_matrix, _orientation
 from r2.extract.sampling import _assign, _tick
 
@@ -37,8 +38,28 @@ FAST_PATH_CODECS = frozenset(
 _NOPTS = -(2**63)
 
 
+PARTIAL_HINT = "(--allow-partial keeps the part that decodes)"
+
+
 class VideoError(UsageError):
-    """A video cannot be sampled; the message is one line naming the file and the reason."""
+    """A video cannot be sampled; the message is one line naming the file and the reason.
+
+    `partial_s`: seconds of the video that do decode, when the file is damaged after a
+    usable beginning (allow_partial would keep them); None when nothing would be kept, so
+    the --allow-partial hint is given only where it helps (`hint`).
+    """
+
+    def __init__(self, message: str, partial_s: float | None = None) -> None:
+        super().__init__(message)
+        self.partial_s = partial_s
+
+    def __reduce__(self):  # keeps partial_s across processes
+        return (type(self), (str(self), self.partial_s))
+
+    def hint(self, allow_partial: bool) -> str:
+        """The message, plus the --allow-partial hint when that option would help."""
+        helps = self.partial_s is not None and self.partial_s > 0 and not allow_partial
+        return f"{self} {PARTIAL_HINT}" if helps else str(self)
 
 
 @dataclass(frozen=True)
@@ -154,26 +175,49 @@ class _Table:
 
 
 def _scan(src: _Source) -> _Table:
+    """Pass 1: every packet's timestamps and flags; damage (an exception, an error logged by
+    the demuxer, fewer packets than the header declares) ends the table at the last good
+    packet and is recorded in `error` (r2.extract.damage)."""
     cols = [array("q"), array("q"), array("q")]
     key, discard, error = bytearray(), bytearray(), None
     first = _FirstFrame(src.stream.codec_context)
-    try:
-        for pkt in src.container.demux(src.stream):
-            if not _is_real(pkt):
-                continue
-            for col, v in zip(cols, (pkt.pts, pkt.dts, pkt.duration), strict=True):
-                col.append(_NOPTS if v is None else v)
-            key.append(pkt.is_keyframe)
-            discard.append(pkt.is_discard)
-            if first.pending:
-                first.feed(pkt)
-    except (av.FFmpegError, OSError) as exc:
-        error = _reason(exc)
+    demuxer = DemuxerLog(src.container)
+    with demuxer.capture():
+        try:
+            for pkt in src.container.demux(src.stream):
+                demuxer.mark(len(key))
+                if demuxer.first is not None:
+                    break
+                if not _is_real(pkt):
+                    continue
+                for col, v in zip(cols, (pkt.pts, pkt.dts, pkt.duration), strict=True):
+                    col.append(_NOPTS if v is None else v)
+                key.append(pkt.is_keyframe)
+                discard.append(pkt.is_discard)
+                if first.pending:
+                    first.feed(pkt)
+        except (av.FFmpegError, OSError) as exc:
+            error = f"cannot read the file: {_reason(exc)}"
+        demuxer.mark(len(key))  # logged while reading the end
     pts, dts, dur = (
         np.frombuffer(c, dtype=np.int64) if len(c) else np.zeros(0, np.int64) for c in cols
     )
     flags = [np.frombuffer(bytes(b), dtype=np.bool_) for b in (key, discard)]
+    if error is None and demuxer.first is not None:
+        error = f"damaged: the demuxer reports {demuxer.first!r}"
+    if error is None:
+        error = _shortfall(src, pts, dur)
     return _Table(pts, dts, dur, flags[0], flags[1], first.matrix, error)
+
+
+def _shortfall(src: _Source, pts: np.ndarray, dur: np.ndarray) -> str | None:
+    """`declared_shortfall` of the packets read, as a damage reason (None: no shortfall)."""
+    known = pts != _NOPTS
+    if not known.any():
+        return None
+    end = int((pts[known] + np.maximum(dur[known], 0)).max()) - src.origin
+    why = declared_shortfall(src.container, src.stream, len(pts), float(end * src.time_base))
+    return None if why is None else f"damaged or cut short: {why}"
 
 
 class _FirstFrame:

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-SPILL_BYTES = 64 * 2**20  # bytes of decoded frames above which a video's frames go to disk
+from r2.errors import RunFailureError
+
+SPILL_BYTES = 16 * 2**20  # bytes of decoded frames above which a video's frames go to disk
+
+
+class SpillError(RunFailureError):
+    """Decoded frames could not be written to the spill folder (disk full, read-only)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,10 @@ def spill_frames(frames: Iterable[np.ndarray], folder: str | Path, size: int) ->
 
     The file is deleted if the iteration raises (e.g. a VideoError midway).
     """
-    fd, name = tempfile.mkstemp(suffix=".rgb", dir=folder)
+    try:
+        fd, name = tempfile.mkstemp(suffix=".rgb", dir=folder)
+    except OSError as exc:
+        raise SpillError(f"{folder}: cannot write decoded frames: {exc.strerror or exc}") from None
     n = 0
     try:
         with os.fdopen(fd, "wb") as out:
@@ -69,6 +78,10 @@ def spill_frames(frames: Iterable[np.ndarray], folder: str | Path, size: int) ->
                     raise ValueError(f"frame {n}: expected ({size}, {size}, 3) uint8")
                 out.write(np.ascontiguousarray(rgb).data)
                 n += 1
+    except OSError as exc:  # the disk, not the video: the run cannot go on
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        raise SpillError(f"{folder}: cannot write decoded frames: {exc.strerror or exc}") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)

@@ -1,8 +1,12 @@
 """Decoding in worker processes: a pool that survives bad files and dies with its parent.
 
 Workers are started with forkserver (spawn where unavailable), never plain fork, so no torch
-or OpenMP state of the main process is ever copied into them. This module and everything it
-imports stay free of torch: the workers import it.
+or OpenMP state of the main process is ever copied into them. They run at a lower CPU
+priority than the main process (`DECODE_NICE`): the forward pass gets the cores it can use
+and decoding fills the gaps it leaves (benchmarks/extract.py). They ignore SIGINT: Ctrl-C
+reaches the main process, which stops them at once (`DecodeSource.close(kill=True)`), and
+they exit by themselves when the main process dies. This module and everything it imports
+stay free of torch: the workers import it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -18,12 +23,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 
+from r2.errors import R2Error
 from r2.extract.inputs import VideoInput
 from r2.extract.spill import SPILL_BYTES, release
 
 log = logging.getLogger(__name__)
 
 JOBS_PER_WORKER = 2  # decode jobs queued per worker, so none idles during a forward pass
+DECODE_NICE = 10  # niceness added to decode workers (CFS weight ~1/10 of the forward pass)
+KILL_WAIT_S = 5.0  # how long close(kill=True) waits for workers to exit
 CRASH_REASON = "the decoder process died on this file (crash inside FFmpeg/PyAV)"
 
 
@@ -37,6 +45,7 @@ class DecodeOptions:
     allow_partial: bool  # keep the decodable prefix of a damaged file
     spill_dir: str | None = None  # long videos' frames go to raw files here (see spill.py)
     spill_bytes: int = SPILL_BYTES  # ... when their decoded frames exceed this many bytes
+    nice: int = DECODE_NICE  # niceness added to the worker processes
 
 
 def decode_job(path: str, opts: DecodeOptions):
@@ -46,21 +55,26 @@ def decode_job(path: str, opts: DecodeOptions):
     try:
         video = decode_video(path, opts.fps, opts.image_size, opts.frame_at, opts.allow_partial,
                              spill_dir=opts.spill_dir, spill_bytes=opts.spill_bytes)  # fmt: skip
-    except VideoError as err:
-        return None, str(err).splitlines()[0] if str(err) else type(err).__name__
+    except VideoError as err:  # one line, with the --allow-partial hint where it helps
+        return None, err.hint(opts.allow_partial).splitlines()[0] or type(err).__name__
     if len(video.frames) == 0:
         release(video.frames)
         return None, f"{path}: no frames could be decoded"
     return video, None
 
 
-def _watch_parent(lifeline) -> None:
-    """Worker initializer: exit as soon as the main process is gone (even after SIGKILL).
+def _watch_parent(lifeline, nice: int = 0) -> None:
+    """Worker initializer: ignore Ctrl-C, lower the priority, and exit as soon as the main
+    process is gone (even after SIGKILL) or closes the pipe (`close(kill=True)`).
 
     Pool workers otherwise wait for work forever once their parent was killed, since each
     holds both ends of its own task queue. `lifeline` is the read end of a pipe whose only
     write end lives in the main process: EOF means the main process has died.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
 
     def watch() -> None:
         with contextlib.suppress(EOFError, OSError):
@@ -99,7 +113,7 @@ class DecodeSource:
     def _new_pool(self) -> ProcessPoolExecutor:
         ctx = _context()
         lifeline, self._lifeline = ctx.Pipe(duplex=False)  # workers read, only we write
-        pool = ProcessPoolExecutor(self.workers, ctx, _watch_parent, (lifeline,))
+        pool = ProcessPoolExecutor(self.workers, ctx, _watch_parent, (lifeline, self.opts.nice))
         self._worker_end = lifeline  # closed with the pool (kept open until workers started)
         return pool
 
@@ -170,11 +184,26 @@ class DecodeSource:
                 yield (item, *future.result())
             except BrokenProcessPool:
                 yield from self._broken(item)
+            except R2Error:  # not the file's fault (e.g. no room for spilled frames): stop
+                raise
             except Exception as err:  # a bug or an unexpected library error: skip, say so
                 log.debug("decoding %s failed", item.path, exc_info=True)
                 yield item, None, f"{item.path}: unexpected error: {type(err).__name__}: {err}"
         self._fill()
 
-    def close(self) -> None:
-        if self.pool is not None:
+    def close(self, kill: bool = False) -> None:
+        """Stop the pool; `kill`: at once (Ctrl-C, an error), abandoning decodes in flight."""
+        if self.pool is None:
+            return
+        if not kill:
             self._shutdown(wait=True)
+            return
+        processes = list((self.pool._processes or {}).values())  # noqa: SLF001
+        self._lifeline.close()  # every worker's watcher sees EOF and exits at once
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.join(KILL_WAIT_S)
+            if proc.is_alive():
+                proc.kill()
+        self._worker_end.close()
+        self.pool = None
