@@ -1,22 +1,30 @@
-"""Stage-1 speed: decode-only, forward-only and end-to-end seconds per 150 s video.
+"""Stage-1 speed on the cores there are: end-to-end vs the best any overlap can do.
 
 Videos: 150 s, 30 fps, 640×360 H.264 (x264 veryfast, B-frames), keyframes every 1 s ("short
 GOP") and every 8 s ("long GOP"), textured panning content; written once with PyAV into
 --data-dir. Model: the full CLIP ViT-B/32 architecture with random weights (speed is the
 real model's; the hub is not needed). At 0.5 fps each video gives 75 frames.
 
-Printed per keyframe spacing:
-  all-frames decode   PyAV decoding every frame (what a naive extractor does)
-  decode-only         decode.decode_video: the 75 selected, resized, cropped frames
-  forward-only        ClipEncoder.encode_frames of those 75 frames
-  end-to-end          extract() over --videos copies, seconds per video
-  ratio               end-to-end / (decode-only + forward-only); <= 1.1 means decoding
-                      hides behind the forward pass (pipelining works)
-End-to-end runs happen in fresh processes, once per environment variant (OMP_WAIT_POLICY,
-a tcmalloc LD_PRELOAD when the library is installed), so such settings can be compared.
+When decoding and the forward pass both need the CPU, no schedule can beat
 
-Usage: python benchmarks/extract.py [--videos 3] [--workers N] [--dtype fp32] [--repeat 1]
-The machine may be shared: repeat and compare medians before drawing conclusions.
+    bound = (decode CPU time + forward CPU time) / cores
+
+per video, with each part's CPU time measured alone at its cheapest (decoding single-
+threaded, the forward pass with one thread). Printed per keyframe spacing:
+
+  decode      decode.decode_video of the 75 frames, 1 decoder thread: wall and CPU seconds
+  forward     ClipEncoder.encode_frames in the pipeline's batches, 1 thread and all cores
+  bound       (decode CPU + forward CPU at 1 thread) / cores
+  end-to-end  extract() over --videos copies in a fresh process, per configuration:
+              seconds per video (model load included), the marginal seconds per extra
+              video ((T(n) - T(1)) / (n - 1): no fixed costs), both ÷ bound
+
+Configurations: "default" (r2's defaults: one decode worker per core at nice +10, one
+decoder thread each, torch threads = cores) and "before" (r2 0.2's: cores - 1 workers, not
+niced, FFmpeg's decoder threads, torch threads = cores), measured in the same run.
+
+Usage: python benchmarks/extract.py [--videos 6] [--repeat 1] [--gop short|long|both]
+Run it under `flock -x /tmp/r2-cpu.lock` (the machine is shared): figures need quiet cores.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,11 +42,23 @@ from fractions import Fraction
 from pathlib import Path
 
 SECONDS, FPS, WIDTH, HEIGHT = 150, 30, 640, 360  # the benchmark video
-GOPS = {"short GOP (1 s)": 30, "long GOP (8 s)": 240}  # keyframe spacing in frames
+GOPS = {"short": ("short GOP (1 s)", 30), "long": ("long GOP (8 s)", 240)}  # frames
 CLIP_FPS = 0.5  # clips per second, QVHighlights' rate
 IMAGE_SIZE = 224
-TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-            "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4")  # fmt: skip
+
+
+def configs(cores: int) -> dict[str, dict]:
+    """End-to-end configurations: workers, torch threads, decode niceness, decoder threads."""
+    from r2.extract.options import default_threads, default_workers
+    from r2.extract.workers import DECODE_NICE, decoder_threads
+
+    w = default_workers(cores)
+    return {
+        "default": {"workers": w, "threads": default_threads(cores), "nice": DECODE_NICE,
+                    "decoder_threads": decoder_threads(w, cores)},
+        "before": {"workers": max(1, min(8, cores - 1)), "threads": cores, "nice": 0,
+                   "decoder_threads": 0},
+    }  # fmt: skip
 
 
 def make_video(path: Path, gop: int) -> Path:
@@ -72,7 +93,7 @@ def make_video(path: Path, gop: int) -> Path:
     return path
 
 
-def prepare(data: Path) -> tuple[Path, dict[str, Path]]:
+def prepare(data: Path, gops: list[str]) -> tuple[Path, dict[str, Path]]:
     """The random ViT-B/32 folder and one video per keyframe spacing (made once, reused)."""
     from r2.extract.tiny_clip import make_random_vit_b32
 
@@ -82,76 +103,72 @@ def prepare(data: Path) -> tuple[Path, dict[str, Path]]:
         print(f"writing random ViT-B/32 to {model}", flush=True)
         make_random_vit_b32(model)
     videos = {}
-    for name, gop in GOPS.items():
+    for key in gops:
+        gop = GOPS[key][1]
         path = data / f"bench_{WIDTH}x{HEIGHT}_{FPS}fps_{SECONDS}s_gop{gop}.mp4"
         if not path.exists():
             print(f"writing {path} ...", flush=True)
             make_video(path, gop)
-        videos[name] = path
+        videos[key] = path
     return model, videos
 
 
-def best(fn, repeat: int) -> float:
-    """Median wall time of `fn()` over `repeat` runs."""
-    times = []
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(fn, repeat: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of `fn()` over `repeat` runs."""
+    walls, cpus = [], []
     for _ in range(repeat):
-        began = time.perf_counter()
+        wall, cpu = time.perf_counter(), _cpu()
         fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(_cpu() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
-def decode_all_frames(path: Path) -> int:
-    import av
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        return sum(1 for _ in container.decode(stream))
-
-
-def measure_parts(model: Path, videos: dict[str, Path], args) -> dict[str, dict[str, float]]:
-    """all-frames decode, decode-only and forward-only seconds per video, in this process."""
-    import numpy as np
+def measure_parts(model: Path, videos: dict[str, Path], args, cores: int) -> dict[str, dict]:
+    """Decode and forward wall/CPU seconds per video, in this process."""
+    import torch
 
     from r2.extract.decode import decode_video
     from r2.extract.encode import ClipEncoder
 
     encoder = ClipEncoder.load(str(model), towers=("vision",), device="cpu", dtype=args.dtype)
-    batch, repeat = args.batch_frames, args.repeat
+    batch, out = args.batch_frames, {}
 
-    def forward(frames: np.ndarray) -> None:
+    def forward(frames, threads: int) -> None:
+        torch.set_num_threads(threads)
         for start in range(0, len(frames), batch):  # the pipeline's batches
             encoder.encode_frames(frames[start : start + batch])
 
-    out = {}
-    for name, path in videos.items():
+    for key, path in videos.items():
         frames = decode_video(path, CLIP_FPS, IMAGE_SIZE).frames
-        forward(frames[:batch])  # warm-up
-        out[name] = {
-            "all_frames_decode_s": best(lambda p=path: decode_all_frames(p), repeat),
-            "decode_only_s": best(
-                lambda p=path: decode_video(p, CLIP_FPS, IMAGE_SIZE), args.repeat
-            ),
-            "forward_only_s": best(lambda f=frames: forward(f), repeat),
-            "frames": len(frames),
-        }
+        forward(frames[:batch], 1)  # warm-up
+        decode = timed(lambda p=path: decode_video(p, CLIP_FPS, IMAGE_SIZE, threads=1),
+                       args.repeat)  # fmt: skip
+        one = timed(lambda f=frames: forward(f, 1), args.repeat)
+        many = timed(lambda f=frames: forward(f, cores), args.repeat)
+        out[key] = {"frames": len(frames), "decode": decode, "forward_1": one,
+                    "forward_all": many, "bound": (decode[1] + one[1]) / cores}  # fmt: skip
     return out
 
 
-def end_to_end(model: Path, video: Path, n: int, args, env: dict[str, str]) -> float:
-    """Seconds of one extract() over n copies of `video`, in a fresh process with `env`."""
+def end_to_end(model: Path, video: Path, n: int, config: dict, args) -> float:
+    """Seconds of one extract() over n copies of `video`, in a fresh process."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "videos"
         folder.mkdir()
         for i in range(n):
             (folder / f"copy{i}{video.suffix}").symlink_to(video)
         cmd = [sys.executable, __file__, "--e2e-child", str(folder), "--model", str(model),
-               "--out", str(Path(tmp) / "c.h5"), "--workers", str(args.workers),
+               "--out", str(Path(tmp) / "c.h5"), "--config", json.dumps(config),
                "--batch-frames", str(args.batch_frames)]  # fmt: skip
         if args.dtype:
             cmd += ["--dtype", args.dtype]
-        done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"end-to-end run failed:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
@@ -161,74 +178,74 @@ def e2e_child(args) -> None:
     """--e2e-child: time extract() (imports excluded) and print {"seconds": ...}."""
     from r2.extract import extract, tune_environment
 
+    config = json.loads(args.config)
     tune_environment()
     import torch  # noqa: F401  (imported before the clock starts)
 
+    from r2.extract import workers
+
+    workers.DECODE_NICE = config["nice"]
+    workers.decoder_threads = lambda *_: config["decoder_threads"]
     began = time.perf_counter()
-    extract([args.e2e_child], args.out, model=args.model, workers=args.workers,
-            batch_frames=args.batch_frames, dtype=args.dtype, device="cpu")  # fmt: skip
+    extract([args.e2e_child], args.out, model=args.model, workers=config["workers"],
+            threads=config["threads"], batch_frames=args.batch_frames, dtype=args.dtype,
+            device="cpu")  # fmt: skip
     print(json.dumps({"seconds": time.perf_counter() - began}))
 
 
-def env_variants(all_variants: bool) -> dict[str, dict[str, str]]:
-    """Environments for the end-to-end runs: our default, OpenMP spinning, tcmalloc."""
-    variants = {"OMP_WAIT_POLICY=PASSIVE (default)": {}}
-    if all_variants:
-        variants["OMP_WAIT_POLICY=ACTIVE"] = {"OMP_WAIT_POLICY": "ACTIVE"}
-        lib = next((p for p in TCMALLOC if Path(p).exists()), None)
-        if lib:
-            variants["PASSIVE + tcmalloc"] = {"LD_PRELOAD": lib}
-    return variants
-
-
-def report(name: str, path: Path, part: dict[str, float], model: Path, args) -> None:
-    """Print one keyframe spacing's figures, running its end-to-end variants."""
-    frames, decode_s, forward_s = part["frames"], part["decode_only_s"], part["forward_only_s"]
-    print(f"\n{name}: {path.name} ({frames} frames at {CLIP_FPS} fps)")
-    print(f"  all-frames decode   {part['all_frames_decode_s']:7.2f} s/video")
-    print(f"  decode-only         {decode_s:7.2f} s/video")
-    print(f"  forward-only        {forward_s:7.2f} s/video ({frames / forward_s:.1f} frames/s)")
-    for label, env in env_variants(not args.skip_env_variants).items():
-        runs = [end_to_end(model, path, n, args, env) for n in (1, args.videos)]
-        many = statistics.median([runs[1], *(end_to_end(model, path, args.videos, args, env)
-                                             for _ in range(args.repeat - 1))])  # fmt: skip
-        per_video = many / args.videos
-        marginal = (many - runs[0]) / max(args.videos - 1, 1)
+def report(key: str, path: Path, part: dict, model: Path, args, cores: int) -> None:
+    """Print one keyframe spacing's figures, running its end-to-end configurations."""
+    (dw, dc), (f1w, f1c), (faw, fac) = part["decode"], part["forward_1"], part["forward_all"]
+    bound = part["bound"]
+    print(f"\n{GOPS[key][0]}: {path.name} ({part['frames']} frames at {CLIP_FPS} fps)")
+    print(f"  decode              {dw:6.2f} s wall, {dc:6.2f} s CPU (1 decoder thread)")
+    print(f"  forward, 1 thread   {f1w:6.2f} s wall, {f1c:6.2f} s CPU")
+    print(f"  forward, {cores} threads  {faw:6.2f} s wall, {fac:6.2f} s CPU "
+          f"({part['frames'] / faw:.1f} frames/s)")  # fmt: skip
+    print(f"  bound               {bound:6.2f} s/video = ({dc:.2f} + {f1c:.2f}) / {cores} cores")
+    for name, config in configs(cores).items():
+        single = end_to_end(model, path, 1, config, args)
+        runs = [end_to_end(model, path, args.videos, config, args) for _ in range(args.repeat)]
+        many = statistics.median(runs)
+        per_video, marginal = many / args.videos, (many - single) / max(args.videos - 1, 1)
         print(
-            f"  end-to-end          {per_video:7.2f} s/video over {args.videos} videos "
-            f"[{label}]; marginal {marginal:.2f} s/video, a single video {runs[0]:.2f} s"
+            f"  end-to-end [{name}: {config['workers']} workers nice +{config['nice']}, "
+            f"{config['threads']} threads, decoder threads {config['decoder_threads']}]"
         )
         print(
-            f"  ratio               {per_video / (decode_s + forward_s):7.2f} "
-            f"(marginal {marginal / (decode_s + forward_s):.2f})"
+            f"     {per_video:6.2f} s/video over {args.videos} videos (model load included) "
+            f"= {per_video / bound:.2f} × bound; marginal {marginal:.2f} s/video = "
+            f"{marginal / bound:.2f} × bound; one video alone {single:.2f} s",
+            flush=True,
         )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "r2_bench")
-    parser.add_argument("--videos", type=int, default=3, help="copies per end-to-end run")
-    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--videos", type=int, default=6, help="copies per end-to-end run")
     parser.add_argument("--batch-frames", type=int, default=32)
     parser.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--repeat", type=int, default=1, help="runs per figure (median)")
-    parser.add_argument("--skip-env-variants", action="store_true")
+    parser.add_argument("--gop", choices=["short", "long", "both"], default="both")
     parser.add_argument("--e2e-child", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.e2e_child:
         return e2e_child(args)
-    from r2.extract import default_workers, tune_environment
+    from r2.extract import tune_environment
+    from r2.extract.options import usable_cores
 
     tune_environment()  # as extract() does, before torch is imported (forward-only runs here)
-    args.workers = default_workers() if args.workers is None else args.workers
-    model, videos = prepare(args.data_dir)
-    print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} workers={args.workers} "
-          f"batch={args.batch_frames} dtype={args.dtype or 'fp32'}")  # fmt: skip
-    parts = measure_parts(model, videos, args)
-    for name, path in videos.items():
-        report(name, path, parts[name], model, args)
+    cores = usable_cores()
+    model, videos = prepare(args.data_dir, ["short", "long"] if args.gop == "both" else [args.gop])
+    print(f"cores={cores} load={os.getloadavg()[0]:.1f} batch={args.batch_frames} "
+          f"dtype={args.dtype or 'fp32'}", flush=True)  # fmt: skip
+    parts = measure_parts(model, videos, args, cores)
+    for key, path in videos.items():
+        report(key, path, parts[key], model, args, cores)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 

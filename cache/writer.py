@@ -227,7 +227,8 @@ class CacheWriter:
             pool += [qid, text]
             offset += len(qid) + len(text)
             start += len(feats)
-        self._reserve(sum(f.nbytes for f in features) + rows.nbytes + offset - counts[L.N_STRING_BYTES])
+        pool_bytes = offset - counts[L.N_STRING_BYTES]
+        self._reserve(sum(f.nbytes for f in features) + rows.nbytes + pool_bytes)
         with self._io():
             self._write(
                 L.STRINGS, counts[L.N_STRING_BYTES], np.frombuffer(b"".join(pool), np.uint8)

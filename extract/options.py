@@ -57,11 +57,11 @@ class ExtractOptions:
     fps: float = DEFAULT_FPS
     """Clips per second of videos whose annotations give none."""
     frame_at: str = DEFAULT_FRAME_AT
-    """"middle" (the original's ffmpeg fps filter) or "start" of each clip."""
+    """Frame of each clip: "middle" (the original's ffmpeg fps filter) or "start" of each clip."""
     dtype: str | None = None
     """Compute dtype "fp32" | "fp16" | "bf16"; default fp32 on CPU, fp16 on CUDA."""
     device: str = "auto"
-    """"auto", "cpu", "cuda", "cuda:N"; under torchrun "auto"/"cuda" is cuda:LOCAL_RANK."""
+    """Device: "auto", "cpu", "cuda", "cuda:N"; under torchrun "auto"/"cuda" is cuda:LOCAL_RANK."""
     workers: int | None = None
     """Decode processes (0: decode in this process); default `default_workers()`."""
     threads: int | None = None

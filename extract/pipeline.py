@@ -13,9 +13,10 @@ import logging
 import shutil
 from pathlib import Path
 
+from r2.extract import spill, workers
 from r2.extract.defaults import CPU_BATCH_FRAMES, GPU_BATCH_FRAMES, QUERY_CHUNK
 from r2.extract.inputs import VideoInput
-from r2.extract.options import ExtractOptions
+from r2.extract.options import ExtractOptions, usable_cores
 from r2.extract.videos import SkipError, VideoStats, run_videos
 from r2.extract.workers import DecodeOptions, DecodeSource
 
@@ -89,9 +90,11 @@ def run(summary, videos: list[VideoInput], queries: list, opts: ExtractOptions):
         if not towers:
             return summary
         spill_dir = _spill_dir(summary.cache)  # guarded by the cache's lock: ours alone
-        source = DecodeSource(todo, DecodeOptions(float(opts.fps), settings.image_size,
-                              opts.frame_at, opts.allow_partial, str(spill_dir)),
-                              opts.n_workers)  # fmt: skip
+        decode = DecodeOptions(float(opts.fps), settings.image_size, opts.frame_at,
+                               opts.allow_partial, str(spill_dir), spill.SPILL_BYTES,
+                               workers.DECODE_NICE,
+                               workers.decoder_threads(opts.n_workers, usable_cores()))  # fmt: skip
+        source = DecodeSource(todo, decode, opts.n_workers)
         try:
             source.prime()  # decoding overlaps the model load and the queries
             encoder = ClipEncoder.load(opts.model, towers=towers, **load)
@@ -124,4 +127,3 @@ def _spill_dir(cache: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return folder
-

@@ -27,7 +27,7 @@ from r2.extract.inputs import (
     scan_inputs,
     video_fps,
 )
-from r2.extract.options import ExtractOptions
+from r2.extract.options import ExtractOptions, default_workers  # noqa: F401 - re-exported
 from r2.extract.shard import Shard, balance, probe_duration, query_shard, resolve_shard
 from r2.extract.summary import ExtractSummary
 
@@ -85,7 +85,8 @@ def _split(videos: list[VideoInput], queries: list[QueryInput], shard: Shard):
     durations = [probe_duration(v.path) for v in videos]
     owner = balance([v.vid for v in videos], durations, shard.count)
     mine = [v for v in videos if owner[v.vid] == shard.index]
-    seconds = sum(d or 0.0 for v, d in zip(videos, durations) if owner[v.vid] == shard.index)
+    seconds = sum(d or 0.0 for v, d in zip(videos, durations, strict=True)
+                  if owner[v.vid] == shard.index)  # fmt: skip
     known = sum(d or 0.0 for d in durations)
     log.info("shard %s (%s): %d of %d videos, %.1f of %.1f h by their headers (probed in "
              "%.1f s)", shard, shard.source, len(mine), len(videos), seconds / 3600,

@@ -64,7 +64,7 @@ class Shard:
 
 
 def parse_shard(text: str) -> Shard:
-    """"I/N" (0-based I) -> Shard; UsageError naming the value otherwise."""
+    """Parse "I/N" (0-based I) into a Shard; UsageError naming the value otherwise."""
     found = _SHARD.match(str(text))
     if not found:
         raise UsageError(f"--shard {text!r}: expected I/N, e.g. 0/4 (shards 0..N-1 of N)")
@@ -96,7 +96,7 @@ def _slurm_array(env: Mapping[str, str]) -> Shard | None:
     step = _int(env, "SLURM_ARRAY_TASK_STEP") if "SLURM_ARRAY_TASK_STEP" in env else 1
     if step < 1 or (task - first) % step:
         raise UsageError(f"slurm array task {task} is not on the array's grid (min {first}, "
-                         f"step {step}); use an array like --array=0-{count - 1} or pass --shard")  # fmt: skip
+                         f"step {step}); use --array=0-{count - 1} or pass --shard")  # fmt: skip
     return Shard((task - first) // step, count, "slurm array")
 
 
@@ -110,11 +110,9 @@ def resolve_shard(explicit: str | Shard | None, env: Mapping[str, str] | None = 
     """
     env = os.environ if env is None else env
     shard = parse_shard(explicit) if isinstance(explicit, str) else explicit
-    found = [s for s in (_torchrun(env), _slurm_array(env)) if s is not None and s.count > 1]
-    if shard is not None:
-        if found and (found[0].index, found[0].count) != (shard.index, shard.count):
-            log.info("--shard %s given: ignoring the %s shard %s", shard, found[0].source, found[0])
+    if shard is not None:  # the flag wins, whatever the environment says
         return shard if shard.count > 1 else None
+    found = [s for s in (_torchrun(env), _slurm_array(env)) if s is not None and s.count > 1]
     if len(found) == 2:
         a, b = found
         raise UsageError(f"both {a.source} (shard {a}) and {b.source} (shard {b}) define a "
@@ -153,7 +151,8 @@ def balance(vids: Sequence[str], durations: Sequence[float | None], count: int) 
     """vid -> shard: longest first onto the least-loaded shard (ties: lower shard, then vid)."""
     known = [d for d in durations if d is not None and d > 0]
     fill = statistics.median(known) if known else 1.0
-    weight = {v: (d if d is not None and d > 0 else fill) for v, d in zip(vids, durations)}
+    pairs = zip(vids, durations, strict=True)
+    weight = {v: (d if d is not None and d > 0 else fill) for v, d in pairs}
     loads = [0.0] * count
     owner = {}
     for vid in sorted(vids, key=lambda v: (-weight[v], v)):

@@ -97,7 +97,8 @@ class _Streams:
         if enc.stream is None:
             item, video = enc.item, enc.video
             record = VideoRecord(item.vid, float(video.duration), len(video.frames),
-                                 str(item.path), item.size, item.mtime, False, item.fps)  # fmt: skip
+                                 str(item.path), item.size, item.mtime, False,
+                                 item.fps)  # fmt: skip
             enc.stream, self.open = self.sink.video_stream(record), enc
         enc.stream.write(features)
         enc.done += len(features)

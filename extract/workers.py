@@ -46,6 +46,7 @@ class DecodeOptions:
     spill_dir: str | None = None  # long videos' frames go to raw files here (see spill.py)
     spill_bytes: int = SPILL_BYTES  # ... when their decoded frames exceed this many bytes
     nice: int = DECODE_NICE  # niceness added to the worker processes
+    threads: int = 0  # decoder threads per video (0: FFmpeg's choice)
 
 
 def decode_job(path: str, opts: DecodeOptions):
@@ -54,13 +55,20 @@ def decode_job(path: str, opts: DecodeOptions):
 
     try:
         video = decode_video(path, opts.fps, opts.image_size, opts.frame_at, opts.allow_partial,
-                             spill_dir=opts.spill_dir, spill_bytes=opts.spill_bytes)  # fmt: skip
+                             threads=opts.threads, spill_dir=opts.spill_dir,
+                             spill_bytes=opts.spill_bytes)  # fmt: skip
     except VideoError as err:  # one line, with the --allow-partial hint where it helps
         return None, err.hint(opts.allow_partial).splitlines()[0] or type(err).__name__
     if len(video.frames) == 0:
         release(video.frames)
         return None, f"{path}: no frames could be decoded"
     return video, None
+
+
+def decoder_threads(workers: int, cores: int) -> int:
+    """Decoder threads per video: the cores shared among the workers (single-threaded
+    decoding is the cheapest in CPU time; parallelism comes from decoding several videos)."""
+    return max(1, cores // max(1, workers))
 
 
 def _watch_parent(lifeline, nice: int = 0) -> None:
@@ -198,12 +206,13 @@ class DecodeSource:
         if not kill:
             self._shutdown(wait=True)
             return
-        processes = list((self.pool._processes or {}).values())  # noqa: SLF001
+        processes = list((self.pool._processes or {}).values())  # private: the only handle on them
         self._lifeline.close()  # every worker's watcher sees EOF and exits at once
         self.pool.shutdown(wait=False, cancel_futures=True)
         for proc in processes:
             proc.join(KILL_WAIT_S)
             if proc.is_alive():
+                log.debug("decode worker %s did not exit; killing it", proc.pid)
                 proc.kill()
         self._worker_end.close()
         self.pool = None

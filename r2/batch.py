@@ -26,7 +26,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from r2.errors import UsageError
@@ -216,6 +216,32 @@ class _TimedEncoder:
         return self.seconds / max(self.frames, 1)
 
 
+class _Collect:
+    """A video's features gathered from the pipeline's stream (the model needs all of them:
+    memory holds one video's features, (T, K, P, Dv) float16, plus the model's own)."""
+
+    def __init__(self, owner: _Predicting, record, shape: tuple[int, ...]):
+        import numpy as np
+
+        self.owner, self.record, self.rows = owner, record, 0
+        self.features = np.empty(shape, np.float16)  # filled in place: never held twice
+
+    def write(self, chunk) -> None:
+        self.features[self.rows : self.rows + len(chunk)] = chunk
+        self.rows += len(chunk)
+
+    def update(self, **changes) -> None:
+        self.record = replace(self.record, **changes)
+
+    def commit(self) -> None:
+        record = replace(self.record, n_clips=self.rows)
+        self.owner.add_video(record, self.features[: self.rows])
+        self.features = None
+
+    def abort(self) -> None:
+        self.features = None
+
+
 class _Predicting:
     """Takes the place of the cache writer in the extraction pipeline: each encoded video
     is answered at once and its rows appended to the results file."""
@@ -223,6 +249,11 @@ class _Predicting:
     def __init__(self, predictor, todo, texts, results, encoder, top, summary):
         self.predictor, self.todo, self.texts = predictor, todo, texts
         self.results, self.encoder, self.top, self.summary = results, encoder, top, summary
+
+    def video_stream(self, record) -> _Collect:
+        """The pipeline's sink interface (as `CacheWriter.video_stream`)."""
+        s = self.encoder.settings
+        return _Collect(self, record, (record.n_clips, s.k, s.tokens_per_frame, s.video_dim))
 
     def add_video(self, record, features) -> None:
         from r2.api import VideoFeatures
@@ -272,9 +303,9 @@ def _todo(per_video, done, summary) -> dict[str, list[BatchQuery]]:
 def _run_pipeline(predictor, encoder, writer, pending, out: Path, workers, allow_partial):
     """Decode `pending` in worker processes while `encoder` runs; `writer` gets each video."""
     from r2.extract.defaults import CPU_BATCH_FRAMES, GPU_BATCH_FRAMES
-    from r2.extract.pipeline import run_videos
-    from r2.extract.run import default_workers
+    from r2.extract.options import default_workers
     from r2.extract.spill import SPILL_BYTES
+    from r2.extract.videos import run_videos
     from r2.extract.workers import DecodeOptions, DecodeSource
 
     spill_dir = out.with_name(f".{out.name}.frames-{os.getpid()}")  # long videos' frames
@@ -292,6 +323,9 @@ def _run_pipeline(predictor, encoder, writer, pending, out: Path, workers, allow
         source.prime()
         batch = GPU_BATCH_FRAMES if encoder.device.type == "cuda" else CPU_BATCH_FRAMES
         return run_videos(encoder, writer, source, batch_frames=batch, strict=False)
+    except BaseException:
+        source.close(kill=True)  # Ctrl-C or an error: stop the decode workers now
+        raise
     finally:
         source.close()
         shutil.rmtree(spill_dir, ignore_errors=True)
