@@ -23,7 +23,15 @@ Configurations: "default" (r2's defaults: one decode worker per core at nice +10
 decoder thread each, torch threads = cores) and "before" (r2 0.2's: cores - 1 workers, not
 niced, FFmpeg's decoder threads, torch threads = cores), measured in the same run.
 
+Memory (`--memory [MINUTES ...]`, default 0.5 2.5 30 120): one `extract()` of one video of
+each length in a fresh process with r2's defaults and the same ViT-B/32; the peak resident
+memory (VmHWM) of the main process, model included, and of the largest decode worker. The
+videos are low-resolution (128×72, 2 frames/s, long_video.py's generator): decoding is
+cheap, but every clip goes through the real 224-pixel ViT-B/32 feature path and its
+features (293 KB per clip) are streamed into the cache.
+
 Usage: python benchmarks/extract.py [--videos 6] [--repeat 1] [--gop short|long|both]
+       python benchmarks/extract.py --memory [0.5 2.5 30 120]
 Run it under `flock -x /tmp/r2-cpu.lock` (the machine is shared): figures need quiet cores.
 """
 
@@ -220,6 +228,49 @@ def report(key: str, path: Path, part: dict, model: Path, args, cores: int) -> N
         )
 
 
+def memory_child(args) -> None:
+    """--memory-child: extract() one video with the defaults; print peaks as JSON."""
+    from long_video import _ChildPeaks, _status
+
+    from r2.cache import FeatureCache
+    from r2.extract import extract, tune_environment
+
+    tune_environment()
+    workers = _ChildPeaks()
+    began = time.perf_counter()
+    summary = extract([args.memory_child], args.out, model=args.model, device="cpu")
+    seconds = time.perf_counter() - began
+    worker = workers.stop()
+    with FeatureCache(args.out) as cache:
+        rows = cache.video_record(Path(args.memory_child).stem).n_clips
+    print(json.dumps({"clips": rows, "main_mb": _status("VmHWM") / 2**20, "seconds": seconds,
+                      "worker_mb": worker / 2**20, "skipped": len(summary.videos_skipped),
+                      "cache_mb": Path(args.out).stat().st_size / 2**20}))  # fmt: skip
+
+
+def memory(args) -> None:
+    """Peak memory of extract() per video length (one fresh process each)."""
+    from long_video import _write_video
+
+    model, _ = prepare(args.data_dir, [])
+    print(f"main-process and decode-worker peak resident memory, random ViT-B/32 ({model})")
+    print(f"{'length':>8} {'clips':>6} {'features MB':>12} {'main peak MB':>13} "
+          f"{'worker peak MB':>15} {'seconds':>8} {'clips/s':>8}", flush=True)  # fmt: skip
+    for minutes in args.memory:
+        video = _write_video(args.data_dir / f"long-{minutes:g}min.mp4", minutes)
+        with tempfile.TemporaryDirectory(dir=args.data_dir) as tmp:
+            cmd = [sys.executable, __file__, "--memory-child", str(video), "--model",
+                   str(model), "--out", str(Path(tmp) / "c.h5")]  # fmt: skip
+            done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"memory run failed:\n{done.stderr[-3000:]}")
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        length = f"{minutes * 60:g} s" if minutes < 5 else f"{minutes:g} min"
+        print(f"{length:>8} {r['clips']:>6} {r['clips'] * 4 * 50 * 768 * 2 / 2**20:>12.0f} "
+              f"{r['main_mb']:>13.0f} {r['worker_mb']:>15.0f} {r['seconds']:>8.1f} "
+              f"{r['clips'] / r['seconds']:>8.1f}", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "r2_bench")
@@ -232,9 +283,18 @@ def main() -> None:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--memory", type=float, nargs="*", default=None, metavar="MINUTES",
+                        help="peak memory per video length instead (default 0.5 2.5 30 120)")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))  # long_video.py's helpers
     if args.e2e_child:
         return e2e_child(args)
+    if args.memory_child:
+        return memory_child(args)
+    if args.memory is not None:
+        args.memory = args.memory or [0.5, 2.5, 30, 120]
+        return memory(args)
     from r2.extract import tune_environment
     from r2.extract.options import usable_cores
 
