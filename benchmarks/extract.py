@@ -283,8 +283,14 @@ def main() -> None:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
-    parser.add_argument("--memory", type=float, nargs="*", default=None, metavar="MINUTES",
-                        help="peak memory per video length instead (default 0.5 2.5 30 120)")
+    parser.add_argument(
+        "--memory",
+        type=float,
+        nargs="*",
+        default=None,
+        metavar="MINUTES",
+        help="peak memory per video length instead (default 0.5 2.5 30 120)",
+    )
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))  # long_video.py's helpers

@@ -27,7 +27,7 @@ EXTRACT_EXAMPLES = """Examples:
   r2 extract videos/ --anno train.jsonl --anno val.jsonl --out cache/qv.h5
   r2 extract clip1.mp4 clip2.mkv --anno queries.jsonl --out cache/mine.h5 --fps 1
   r2 extract videos/ --anno val.jsonl --clip ~/models/clip-vit-b32 --device cpu --workers 2
-  for i in 0 1 2 3; do r2 extract videos/ --anno all.jsonl --out cache/qv.h5 --shard $i/4 & done; wait
+  for i in 0 1 2 3; do r2 extract videos/ --anno a.jsonl --out cache/qv.h5 --shard $i/4 & done; wait
   r2 cache merge cache/qv.shard-*-of-4.h5 --out cache/qv.h5
 """
 
