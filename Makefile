@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/eval.py
 	$(BIN)/python benchmarks/anno_limits.py
 	$(BIN)/python benchmarks/extract.py
+	$(BIN)/python benchmarks/extract.py --memory
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/clip_precision.py --skip-predictions
 	$(BIN)/python benchmarks/long_video.py model
