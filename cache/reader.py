@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import h5py
 import numpy as np
 
 from . import layout as L
+from .direct import DirectRows, byte_view, read_plan
 from .index import CacheIndex, QueryEntry, VideoEntry, load_index
 from .records import CacheError, CacheSettings, QueryRecord, VideoRecord
 
@@ -53,24 +55,43 @@ class FeatureCache:
         self._file = _file_id(self.path)
         self._h5: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
+        self._direct: dict[str, DirectRows] = {}
+        self._fd: int | None = None  # raw descriptor of the same file, for `read_*_into`
         self._pid: int | None = None
+        self._lock = threading.Lock()  # opening is shared by the loader's reading threads
 
     def _dataset(self, name: str) -> h5py.Dataset:
         """Dataset `name` of this process's HDF5 handle (h5py objects never cross a fork)."""
-        if self._h5 is None or self._pid != os.getpid():
-            self.close()
-            try:
-                same = _file_id(self.path) == self._file
-            except OSError:
-                same = False
-            if not same:
-                raise CacheError(f"{self.path}: the cache file was replaced or removed since it "
-                                 "was opened (compacted?); open it again")  # fmt: skip
-            self._h5 = L.open_h5_read(self.path)
-            self._pid = os.getpid()
-        if name not in self._datasets:
-            self._datasets[name] = self._h5[name]
-        return self._datasets[name]
+        with self._lock:
+            if self._h5 is None or self._pid != os.getpid():
+                self._close()
+                try:
+                    same = _file_id(self.path) == self._file
+                except OSError:
+                    same = False
+                if not same:
+                    raise CacheError(f"{self.path}: the cache file was replaced or removed "
+                                     "since it was opened (compacted?); open it again")  # fmt: skip
+                self._h5 = L.open_h5_read(self.path)
+                self._pid = os.getpid()
+            if name not in self._datasets:
+                self._datasets[name] = self._h5[name]
+            return self._datasets[name]
+
+    def _direct_rows(self, name: str) -> tuple[DirectRows, int]:
+        """The byte-range finder of dataset `name` and a raw descriptor of the file."""
+        dataset = self._dataset(name)
+        with self._lock:
+            if self._fd is None:
+                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                if os.fstat(fd).st_ino != self._file[0]:  # replaced between the two opens
+                    os.close(fd)
+                    raise CacheError(f"{self.path}: the cache file was replaced since it was "
+                                     "opened (compacted?); open it again")  # fmt: skip
+                self._fd = fd
+            if name not in self._direct:
+                self._direct[name] = DirectRows(dataset)
+            return self._direct[name], self._fd
 
     def _rows(self, dataset: str, start: int, n: int, what: str) -> np.ndarray:
         try:
@@ -84,6 +105,49 @@ class FeatureCache:
         if len(rows) != n:
             raise CacheError(f"{self.path}: the features of {what} are truncated (corrupt)")
         return rows
+
+    def _read_into(self, name: str, start: int, avail: int, out: np.ndarray, what: str) -> None:
+        """Rows [start, start + len(out)) of dataset `name`, last out.shape[1] layers, into
+        `out`: straight from the file when the layout allows it (cache/direct.py), else
+        through HDF5; the same bytes either way."""
+        n, k = out.shape[0], out.shape[1]
+        if n > avail or out.dtype != L.FEATURE_DTYPE:
+            raise ValueError(f"{what}: cannot read {n} rows of {out.dtype} (has {avail} float16)")
+        try:
+            direct, fd = self._direct_rows(name)
+            plan = direct.plan(start, n, k)
+            if plan is not None:
+                read_plan(fd, plan, byte_view(out))
+                return
+            dataset = self._dataset(name)
+            layers = dataset.shape[1]
+            dataset.read_direct(out, np.s_[start : start + n, layers - k :], np.s_[0:n])
+        except (OSError, KeyError) as exc:
+            raise CacheError(f"{self.path}: cannot read the features of {what}: {exc}") from exc
+
+    def read_video_into(self, vid: str, out: np.ndarray) -> np.ndarray:
+        """Read clips 0 .. len(out) - 1 of video `vid`, its last `out.shape[1]` layers, into
+        `out` ((n, k, P, Dv) float16, C-contiguous; e.g. a reused batch buffer): the bytes of
+        `video(vid)[:n, -k:]` without a temporary array. Thread-safe; no checksum check.
+
+        Raises:
+            ValueError: `out` asks for more clips than the video has, or is not float16.
+            CacheError: the read failed.
+        """
+        entry = self._video_entry(vid)
+        self._read_into(L.VIDEO_FRAMES, entry.start, entry.record.n_clips, out, f"video {vid!r}")
+        return out
+
+    def read_query_into(self, qid: str, out: np.ndarray) -> np.ndarray:
+        """`read_video_into` for query `qid`: `out` is (L, k, Dq) float16 with L at most
+        `query_length(qid)`."""
+        entry = self._query_entry(qid)
+        self._read_into(L.QUERY_TOKENS, entry.start, entry.length, out, f"query {qid!r}")
+        return out
+
+    def query_length(self, qid: str) -> int:
+        """Token rows stored for query `qid` (what `query(qid)` returns)."""
+        return self._query_entry(qid).length
 
     def _verify(self, rows: np.ndarray, crc: int | None, what: str) -> np.ndarray:
         if crc is not None and L.crc32(rows) != crc:
@@ -184,18 +248,28 @@ class FeatureCache:
 
     def close(self) -> None:
         """Close this process's handle (idempotent; reading again reopens)."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._h5 is not None:
             if self._pid == os.getpid():
                 self._h5.close()
             else:  # a parent's handle: never closed here
                 _INHERITED_HANDLES.append((self._h5, self._datasets))
-        self._h5, self._datasets = None, {}
+        if self._fd is not None:  # in a forked child: its own copy of the descriptor
+            os.close(self._fd)
+        self._h5, self._datasets, self._direct, self._fd = None, {}, {}, None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_h5"] = state["_pid"] = None
-        state["_datasets"] = {}
+        state["_h5"] = state["_pid"] = state["_fd"] = state["_lock"] = None
+        state["_datasets"], state["_direct"] = {}, {}
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __enter__(self) -> FeatureCache:
         return self

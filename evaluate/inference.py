@@ -95,7 +95,7 @@ def predict_items(
         batch_size = 1
     dataset = GroundingDataset(items, features, fps, model.cfg.k, train=False)
     sampler = EpochBatchSampler(len(dataset), batch_size, seed=0, shuffle=False)
-    loader = make_loader(dataset, sampler, workers, seed=0, preload=preload)
+    loader = make_loader(dataset, sampler, workers, seed=0, preload=preload, device=device)
     was_training = model.training
     model.eval()
     rows: list[dict[str, Any]] = []

@@ -28,6 +28,7 @@ class Sample:
     boundary: Tensor | None = None  # (N, 2) seconds, cleaned (labels.clean_windows)
     saliency: Tensor | None = None  # (T,)
     pos_clip: int | None = None
+    pad_to: tuple[int, int] | None = None  # (T, L) to pad to (a distributed run's batch)
 
 
 @dataclass
@@ -77,12 +78,13 @@ class Batch:
         )
 
 
-def _pad_stack(tensors: Sequence[Tensor], value: float) -> Tensor:
-    """Stack tensors of equal trailing shape, padding dim 0 at the end with `value`.
-    A single tensor is returned as a view (a long video's features are never copied)."""
-    if len(tensors) == 1:
+def _pad_stack(tensors: Sequence[Tensor], value: float, length: int | None = None) -> Tensor:
+    """Stack tensors of equal trailing shape, padding dim 0 at the end with `value` to
+    `length` (default: the longest). A single tensor needing no padding is returned as a
+    view (a long video's features are never copied)."""
+    n = max(t.size(0) for t in tensors) if length is None else length
+    if len(tensors) == 1 and tensors[0].size(0) == n:
         return tensors[0].unsqueeze(0)
-    n = max(t.size(0) for t in tensors)
     out = tensors[0].new_full((len(tensors), n, *tensors[0].shape[1:]), value)
     for i, t in enumerate(tensors):
         out[i, : t.size(0)] = t
@@ -125,10 +127,26 @@ def _check(samples: Sequence[Sample]) -> None:
 def collate(samples: list[Sample]) -> Batch:
     """Pad and stack samples into a `Batch` (the original's layout, see module doc)."""
     _check(samples)
-    t_len = torch.tensor([s.video.size(0) for s in samples])
-    l_len = torch.tensor([s.query.size(0) for s in samples])
     video = _pad_stack([s.video for s in samples], 0.0)
     query = _pad_stack([s.query for s in samples], 0.0)
+    return _batch(samples, video, query)
+
+
+def padded_batch(samples: list[Sample], video: Tensor, query: Tensor) -> Batch:
+    """The `Batch` of samples whose features are already in place: `video` (B, T, ...) and
+    `query` (B, L, ...) hold sample i's features in their first rows and zeros after (T and
+    L at least every sample's length). Equal to `collate(samples)` when T and L are the
+    samples' maxima (r2.train.loader builds batches this way, in reused buffers)."""
+    _check(samples)
+    if video.size(0) != len(samples) or query.size(0) != len(samples):
+        raise ValueError(f"{len(samples)} samples for buffers of {video.size(0)}/{query.size(0)}")
+    return _batch(samples, video, query)
+
+
+def _batch(samples: Sequence[Sample], video: Tensor, query: Tensor) -> Batch:
+    """Masks, labels and metadata around the padded features."""
+    t_len = torch.tensor([s.video.size(0) for s in samples])
+    l_len = torch.tensor([s.query.size(0) for s in samples])
     video_mask = torch.arange(video.size(1))[None] < t_len[:, None]
     query_mask = torch.arange(query.size(1))[None] < l_len[:, None]
     ref = samples[0]
@@ -136,7 +154,7 @@ def collate(samples: list[Sample]) -> Batch:
     if ref.boundary is not None:
         boundary = _pad_stack([s.boundary.float().reshape(-1, 2) for s in samples], float("inf"))
     if ref.saliency is not None:
-        saliency = _pad_stack([s.saliency.float() for s in samples], 0.0)
+        saliency = _pad_stack([s.saliency.float() for s in samples], 0.0, video.size(1))
     if ref.pos_clip is not None:
         pos_clip = torch.tensor([int(s.pos_clip) for s in samples], dtype=torch.long)
     return Batch(

@@ -3,8 +3,9 @@
 - `GroundingDataset` yields `Sample`s; the positive clip is drawn from a generator derived
   from (seed, epoch, index), and `EpochBatchSampler` shuffles with (seed, epoch), so any
   epoch / batch position can be replayed exactly (resume) with any number of workers.
-- Features come from a `FeatureCache` (each worker process opens its own read-only handle)
-  or from `PreloadedFeatures` (RAM or GPU), chosen by `resolve_preload`.
+- Features come from a `FeatureCache` (read straight into reused batch buffers by
+  `r2.train.loader.BatchLoader`) or from `PreloadedFeatures` (RAM or GPU, `preload.py`),
+  chosen by `resolve_preload`.
 - Annotation parsing, id checks and labels live in `annotations.py` (re-exported here).
 """
 
@@ -13,14 +14,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
+from torch.utils.data import Dataset, Sampler
 
 from r2.cache import FeatureCache
+from r2.errors import UsageError
 
 from .annotations import (
     Annotation,
@@ -32,8 +34,13 @@ from .annotations import (
     prepare_items,
     read_annotations,
 )
-from .batch import Sample, collate
+from .batch import Sample
+from .distributed import Share, share_of
 from .labels import sample_positive_clip
+from .preload import PreloadedFeatures
+
+if TYPE_CHECKING:
+    from .loader import BatchLoader
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,10 @@ __all__ = [
 ]  # fmt: skip
 
 
+class PreloadError(UsageError, ValueError):
+    """`--preload gpu` asked for features that do not fit in the GPU's free memory."""
+
+
 class FeatureSource(Protocol):
     """Where features come from: a `FeatureCache` or `PreloadedFeatures`."""
 
@@ -57,40 +68,6 @@ class FeatureSource(Protocol):
 
 
 # ---------------------------------------------------------------- features
-
-
-class PreloadedFeatures:
-    """Features of a set of ids held in memory (numpy in RAM, or torch tensors on a GPU)."""
-
-    def __init__(self, videos: dict, queries: dict):
-        self.videos, self.queries = videos, queries
-
-    def video(self, vid: str) -> np.ndarray | torch.Tensor:
-        return self.videos[vid]
-
-    def query(self, qid: str) -> np.ndarray | torch.Tensor:
-        return self.queries[qid]
-
-    @classmethod
-    def load(
-        cls,
-        cache: FeatureCache,
-        items: list[Item],
-        k: int,
-        device: str | torch.device | None = None,
-    ) -> PreloadedFeatures:
-        """Read the (last `k` layers of the) features of `items` once; device None = RAM."""
-
-        def keep(x: np.ndarray) -> np.ndarray | torch.Tensor:
-            x = np.ascontiguousarray(x[:, -k:])
-            return x if device is None else torch.from_numpy(x).to(device)
-
-        videos, queries = {}, {}
-        for it in tqdm(items, desc="preload", unit="query", disable=None):
-            if it.anno.vid not in videos:
-                videos[it.anno.vid] = keep(cache.video(it.anno.vid))
-            queries[it.anno.qid] = keep(cache.query(it.anno.qid))
-        return cls(videos, queries)
 
 
 def feature_bytes(cache: FeatureCache, items: list[Item], k: int) -> int:
@@ -122,9 +99,18 @@ def resolve_preload(mode: str, needed: int, device: torch.device) -> str:
         raise ValueError(f"preload must be one of {PRELOAD_CHOICES}, got {mode!r}")
     if mode == "gpu" and device.type != "cuda":
         raise ValueError(f"--preload gpu needs a CUDA device, training runs on {device}")
+    gib = 1024**3
+    if mode == "gpu":
+        free, total = torch.cuda.mem_get_info(device)
+        if needed > GPU_BUDGET * free:
+            raise PreloadError(
+                f"--preload gpu: the features need {needed / gib:.2f} GiB but {device} has "
+                f"{free / gib:.2f} GiB free of {total / gib:.2f} GiB (at most "
+                f"{GPU_BUDGET:.0%} of the free memory goes to features, the rest is for the "
+                "model and its batches); use --preload ram or --preload none"
+            )
     if mode != "auto":
         return mode
-    gib = 1024**3
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if needed <= GPU_BUDGET * free:
@@ -186,26 +172,91 @@ class GroundingDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items) * self.repeat
 
-    def __getitem__(self, key: tuple[int, int] | int) -> Sample:
-        epoch, i = key if isinstance(key, tuple) else (0, key)
-        it = self.items[i % len(self.items)]
-        video = _tensor(self.features.video(it.anno.vid), self.k)[: it.n_clips]  # labels' T
-        query = _tensor(self.features.query(it.anno.qid), self.k)
-        sample = Sample(
-            qid=it.anno.qid,
-            vid=it.anno.vid,
-            video=video,
-            query=query,
-            fps=it.fps or self.fps,
-            duration=it.duration,
-        )
+    def __getitem__(self, key: tuple | int) -> Sample:
+        sample = self.sample_meta(key)
+        it = self._item(key)[1]
+        sample.video = _tensor(self.features.video(it.anno.vid), self.k)[: it.n_clips]  # labels' T
+        sample.query = _tensor(self.features.query(it.anno.qid), self.k)
+        return sample
+
+    # ---- what r2.train.loader needs: lengths, labels and features separately
+
+    def _item(self, key: tuple | int) -> tuple[int, Item, int]:
+        """(epoch, item, index) of a key: (epoch, i), i, or (epoch, i, extra)."""
+        epoch, i = (key[0], key[1]) if isinstance(key, tuple) else (0, key)
+        return epoch, self.items[i % len(self.items)], i
+
+    def sample_meta(self, key: tuple | int) -> Sample:
+        """The sample of `key` without its features (video and query are None)."""
+        epoch, it, i = self._item(key)
+        sample = Sample(qid=it.anno.qid, vid=it.anno.vid, video=None, query=None,
+                        fps=it.fps or self.fps, duration=it.duration)  # fmt: skip
         if self.train:
             rng = np.random.default_rng([self.seed, epoch, i])
             sample.saliency = torch.from_numpy(it.saliency)
             sample.pos_clip = sample_positive_clip(it.saliency, rng, it.threshold)
             if it.boundary is not None:
                 sample.boundary = torch.from_numpy(it.boundary)
+        if isinstance(key, tuple) and len(key) > 2:
+            sample.pad_to = key[2]  # (T, L) of a distributed run's whole batch
         return sample
+
+    def lengths(self, i: int) -> tuple[int, int]:
+        """(clips, query tokens) of sample `i` (a distributed sampler pads to their maxima)."""
+        return self.video_length(i), self.query_length(i)
+
+    def video_length(self, key: tuple | int) -> int:
+        """Clips of the sample's features (the labels' T)."""
+        return self._item(key)[1].n_clips
+
+    def query_length(self, key: tuple | int) -> int:
+        """Tokens of the sample's query features."""
+        qid = self._item(key)[1].anno.qid
+        length = getattr(self.features, "query_length", None)
+        return length(qid) if length is not None else len(self.features.query(qid))
+
+    def read_features(self, key: tuple | int, video_out, query_out) -> None:
+        """The sample's features (last k layers) into `video_out` (T, k, P, Dv) and
+        `query_out` (L, k, Dq): numpy arrays or tensors of the feature dtype."""
+        it = self._item(key)[1]
+        for kind, ident, out in (("video", it.anno.vid, video_out),
+                                 ("query", it.anno.qid, query_out)):  # fmt: skip
+            reader = getattr(self.features, f"read_{kind}_into", None)
+            if reader is not None and (isinstance(out, np.ndarray) or not hasattr(
+                    self.features, "settings")):  # fmt: skip
+                reader(ident, out)
+                continue
+            x = _tensor(getattr(self.features, kind)(ident), self.k)[: out.shape[0]]
+            torch.as_tensor(out).copy_(x)
+
+    @property
+    def on_device(self) -> torch.device | None:
+        """The GPU holding the features (`--preload gpu`), else None."""
+        device = getattr(self.features, "device", None)
+        return device if isinstance(device, torch.device) and device.type != "cpu" else None
+
+    @property
+    def feature_dtype(self) -> torch.dtype:
+        """dtype of the features (float16 as stored)."""
+        return self._layout()[0]
+
+    @property
+    def row_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shapes of one clip (k, P, Dv) and of one query token (k, Dq)."""
+        return self._layout()[1:]
+
+    def _layout(self) -> tuple:
+        if getattr(self, "_layout_cache", None) is None:
+            s = getattr(self.features, "settings", None)
+            if isinstance(self.features, FeatureCache):
+                self._layout_cache = (torch.float16, (self.k, s.tokens_per_frame, s.video_dim),
+                                      (self.k, s.text_dim))  # fmt: skip
+            else:
+                it = self.items[0]
+                v = _tensor(self.features.video(it.anno.vid), self.k)
+                q = _tensor(self.features.query(it.anno.qid), self.k)
+                self._layout_cache = (v.dtype, tuple(v.shape[1:]), tuple(q.shape[1:]))
+        return self._layout_cache
 
 
 def _tensor(x: np.ndarray | torch.Tensor, k: int) -> torch.Tensor:
@@ -220,10 +271,27 @@ class EpochBatchSampler(Sampler):
 
     `set_epoch(epoch, start_batch)` selects the epoch and skips its first batches (resume).
     The last batch may be smaller (the original keeps it).
+
+    Distributed (`world_size` > 1): the batches are the same global batches; this process
+    yields its share of each (`distributed.share_of`; a placeholder sample when its share
+    is empty) as (epoch, index, (T, L)) keys, (T, L) the whole batch's padded lengths from
+    `lengths(index)` -> (clips, tokens).
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        lengths: Callable[[int], tuple[int, int]] | None = None,
+    ):
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.rank, self.world_size, self.lengths = rank, world_size, lengths
+        if world_size > 1 and lengths is None:
+            raise ValueError("a distributed sampler needs the samples' lengths")
         self.epoch, self.start_batch = 0, 0
 
     @property
@@ -239,30 +307,48 @@ class EpochBatchSampler(Sampler):
             return np.arange(self.n)
         return np.random.default_rng([self.seed, epoch]).permutation(self.n)
 
+    def share(self, b: int) -> Share:
+        """This process's share of batch `b` (0-based) of an epoch."""
+        total = min(self.batch_size, self.n - b * self.batch_size)
+        return share_of(total, self.rank, self.world_size)
+
     def __iter__(self):
         order, bs = self.order(self.epoch), self.batch_size
         for b in range(self.start_batch, self.batches_per_epoch):
-            yield [(self.epoch, int(i)) for i in order[b * bs : (b + 1) * bs]]
+            keys = order[b * bs : (b + 1) * bs]
+            if self.world_size == 1:
+                yield [(self.epoch, int(i)) for i in keys]
+                continue
+            sizes = [self.lengths(int(i)) for i in keys]
+            pad = (max(t for t, _ in sizes), max(q for _, q in sizes))
+            share = self.share(b)
+            mine = keys[share.offset : share.offset + share.count] if share.count else keys[:1]
+            yield [(self.epoch, int(i), pad) for i in mine]
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch - self.start_batch)
 
 
 def make_loader(
-    dataset: GroundingDataset, sampler: EpochBatchSampler, workers: int, seed: int, preload: str
-) -> DataLoader:
-    """A DataLoader that never touches the global RNG (own generator) so resume is exact."""
+    dataset: GroundingDataset,
+    sampler: EpochBatchSampler,
+    workers: int,
+    seed: int = 0,
+    preload: str = "none",
+    device: torch.device | str | None = None,
+) -> BatchLoader:
+    """The batches of `sampler` (r2.train.loader.BatchLoader: reused buffers, reading
+    threads). The loader draws no random numbers, so resume is exact with any `workers`.
+
+    Args:
+        workers: reading threads (0: read in the calling thread).
+        seed: unused (the order and draws come from the sampler and the dataset); kept for
+            callers of the DataLoader-based version.
+        preload: "gpu" features are assembled on the GPU, without threads.
+        device: where the batches are used; CUDA: pinned buffers, non-blocking copies.
+    """
+    from .loader import BatchLoader
+
+    del seed
     workers = 0 if preload == "gpu" else workers
-    kwargs: dict[str, Any] = {}
-    if workers > 0:
-        kwargs.update(persistent_workers=True, prefetch_factor=2)
-        if preload == "ram" and "fork" in torch.multiprocessing.get_all_start_methods():
-            kwargs["multiprocessing_context"] = "fork"  # share the preloaded arrays
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate,
-        generator=torch.Generator().manual_seed(seed),
-        **kwargs,
-    )
+    return BatchLoader(dataset, sampler, workers, device=device)

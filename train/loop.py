@@ -10,14 +10,11 @@ checkpointed step. A resumed run therefore replays the remaining steps bit for b
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
 import math
-import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +29,20 @@ from r2.evaluate.inference import predict_items
 from r2.logs import once_per_run
 
 from .batch import Batch
-from .checkpoint import atomic_write_bytes, save_checkpoint
+from .checkpoint import save_checkpoint
 from .config import TrainPreset
 from .data import EpochBatchSampler, FeatureSource, Item
+from .distributed import SINGLE, Dist
 from .resume import save_training_state
+from .runlog import (
+    LOG_FILE,
+    RESUME_FILE,
+    _fmt,
+    append_log,
+    best_on_disk,
+    last_good_checkpoint,
+    warn_once,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +52,6 @@ KEY_METRICS = {  # the validation metric that selects best.safetensors (higher i
     "youtube": "mAP", "tvsum": "mAP",  # highlight detection mAP (per-domain average)
 }  # fmt: skip
 LOG_EVERY = 10  # optimizer steps between two "train" lines of log.jsonl
-RESUME_FILE = "resume.safetensors"
-LOG_FILE = "log.jsonl"
 
 
 class NonFiniteLossError(RunFailureError, RuntimeError):
@@ -117,7 +122,7 @@ class Run:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    loader: torch.utils.data.DataLoader
+    loader: Iterable[Batch]  # r2.train.loader.BatchLoader
     sampler: EpochBatchSampler
     preset: TrainPreset
     device: torch.device
@@ -134,63 +139,33 @@ class Run:
     on_step: Callable[[int], None] | None = None
     state: LoopState = field(default_factory=LoopState)
     warned: set[str] = field(default_factory=set)  # warnings already given (once per run)
+    dist: Dist = SINGLE  # this process's place in a distributed run (distributed.py)
+    ddp: torch.nn.Module | None = None  # DistributedDataParallel over `model` when enabled
 
     @property
     def key_metric(self) -> str:
         return KEY_METRICS.get(self.preset.name, "mAP")
 
 
-def append_log(run: Run, record: dict) -> None:
-    """One JSON line in `log.jsonl`, appended by a single write (O_APPEND): a kill leaves
-    whole lines; a line cut by a full disk is dropped by `trim_log` on --resume."""
-    line = (json.dumps(record, allow_nan=True) + "\n").encode()
-    fd = os.open(run.out / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        written = os.write(fd, line)
-        if written != len(line):  # a short write: the disk is full
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run.out / LOG_FILE))
-    finally:
-        os.close(fd)
-
-
-def trim_log(path: Path, state: LoopState) -> None:
-    """Drop log lines a resumed run will write again (after the resume point)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-        # val records count epochs from 1; state.epoch = epochs finished
-        if rec.get("step", 0) > state.step or (
-            rec.get("event") == "val" and rec.get("epoch", 0) > state.epoch
-        ):
-            continue
-        keep.append(line)
-    atomic_write_bytes(path, "".join(x + "\n" for x in keep).encode())
-
-
-def last_good_checkpoint(run: Run) -> str:
-    for name in (RESUME_FILE, "last.safetensors"):
-        if (run.out / name).exists():
-            return str(run.out / name)
-    return "none yet (no checkpoint was written before this step)"
-
-
 def train_step(run: Run, batch: Batch) -> tuple[dict[str, float], float]:
-    """Forward, losses, backward, clip, optimizer step. Returns (losses, grad norm)."""
+    """Forward, losses, backward, clip, optimizer step. Returns (losses, grad norm); in a
+    distributed run the losses of the whole batch (every process raises alike)."""
     model, opt, scaler = run.model, run.optimizer, run.scaler
     model.train()
     batch = batch.to(run.device)
     with torch.autocast(
         run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None
     ):
-        losses = model.losses(model(batch), batch)
+        losses = _losses(run, batch)
     total = sum(losses.values())
     values = {k: float(v.detach()) for k, v in losses.items()}
     values["loss"] = float(total.detach())
+    if run.dist.enabled:  # each process holds its part of the batch loss: add them up
+        from .distributed import sum_
+
+        parts = sum_(torch.tensor(list(values.values()), dtype=torch.float64, device=run.device),
+                     run.dist).tolist()  # fmt: skip
+        values = dict(zip(values, parts, strict=True))
     if not math.isfinite(values["loss"]):
         raise NonFiniteLossError(_nonfinite_message(run, batch, "loss", values))
     opt.zero_grad(set_to_none=True)
@@ -205,6 +180,16 @@ def train_step(run: Run, batch: Batch) -> tuple[dict[str, float], float]:
     scaler.step(opt)  # with fp16 the scaler skips steps with inf/nan gradients
     scaler.update()
     return values, norm
+
+
+def _losses(run: Run, batch: Batch) -> dict[str, torch.Tensor]:
+    """The weighted losses: of the batch, or this process's part of it (dist_losses.py)."""
+    if not run.dist.enabled:
+        return run.model.losses(run.model(batch), batch)
+    from .dist_losses import distributed_losses
+
+    share = run.sampler.share(run.state.batch)
+    return distributed_losses(run.model, run.ddp(batch), batch, share, run.dist)
 
 
 def _nonfinite_message(run: Run, batch: Batch, what: str, values: dict) -> str:
@@ -228,7 +213,7 @@ def run_epoch(run: Run) -> bool:
         initial=s.batch,
         desc=f"epoch {s.epoch + 1}/{preset.epochs}",
         unit="batch",
-        disable=None,
+        disable=None if run.dist.main else True,
         dynamic_ncols=True,
     )
     t0, n_samples = time.perf_counter(), 0
@@ -253,7 +238,9 @@ def run_epoch(run: Run) -> bool:
                     "batch": s.batch,
                     "lr": lr,
                     "grad_norm": norm,
-                    "samples_per_s": round(rate, 2),
+                    "samples_per_s": round(rate * run.dist.world_size, 2),
+                    "world_size": run.dist.world_size,
+                    "backend": run.dist.backend,
                     **values,
                 },
             )
@@ -266,30 +253,54 @@ def run_epoch(run: Run) -> bool:
             save_resume(run)
             log.info("stopped after %d steps (--max-steps); continue with --resume", s.step)
             return False
+        batch = None  # its buffer may be refilled while the loader makes the next batch
     bar.close()
     return True
 
 
 @torch.no_grad()
 def validate(run: Run) -> dict[str, float]:
-    """Predict the validation items (B = 1 semantics), post-process, score."""
+    """Predict the validation items (B = 1 semantics), post-process, score. Distributed:
+    each process predicts every world_size-th item, rank 0 scores them all, every process
+    gets the metrics."""
+    d = run.dist
     rows = predict_items(
         run.model,
         run.val_features,
-        run.val_items,
+        run.val_items[d.rank :: d.world_size],
         run.preset,
         run.fps,
         device=run.device,
         workers=run.workers,
         preload=run.preload,
+        progress=d.main,
     )
-    gt = [it.anno.data for it in run.val_items]
-    return evaluate_records(rows, gt, dataset=run.preset.name)
+    if not d.enabled:
+        gt = [it.anno.data for it in run.val_items]
+        return evaluate_records(rows, gt, dataset=run.preset.name)
+    from .distributed import broadcast_object, gather_objects
+
+    parts = gather_objects(rows, d)
+    metrics = None
+    if d.main:
+        ordered = [parts[i % d.world_size][i // d.world_size] for i in range(len(run.val_items))]
+        gt = [it.anno.data for it in run.val_items]
+        metrics = evaluate_records(ordered, gt, dataset=run.preset.name)
+    return broadcast_object(metrics, d)
 
 
 def save_resume(run: Run) -> None:
+    """The resume state (rank 0 writes it, with every process's random-number states)."""
     info = {"loop": asdict(run.state), "settings": run.meta.get("settings", {})}
-    save_training_state(run.out / RESUME_FILE, run.model, run.optimizer, info, run.scaler)
+    ranks = None
+    if run.dist.enabled:
+        from .distributed import gather_objects
+        from .resume import capture_rng
+
+        ranks = gather_objects(capture_rng(), run.dist)
+    if run.dist.main:
+        save_training_state(run.out / RESUME_FILE, run.model, run.optimizer, info, run.scaler,
+                            rank_rng=ranks)  # fmt: skip
 
 
 def end_epoch(run: Run) -> None:
@@ -316,9 +327,10 @@ def end_epoch(run: Run) -> None:
     finite = {k: v if v is None or math.isfinite(v) else None for k, v in metrics.items()}
     meta = {**run.meta, "epoch": s.epoch + 1, "step": s.step, "metrics": finite,
             "key_metric": key, "best": s.best, "best_epoch": s.best_epoch}  # fmt: skip
-    save_checkpoint(run.out / "last", run.model, meta)
-    if improved:
-        save_checkpoint(run.out / "best", run.model, meta)
+    if run.dist.main:
+        save_checkpoint(run.out / "last", run.model, meta)
+        if improved:
+            save_checkpoint(run.out / "best", run.model, meta)
     append_log(run, {"event": "val", "epoch": s.epoch + 1, "step": s.step, "key": key,
                      "value": value, "best": s.best, "best_epoch": s.best_epoch,
                      **metrics})  # fmt: skip
@@ -328,34 +340,6 @@ def end_epoch(run: Run) -> None:
     s.epoch += 1
     s.batch = 0
     save_resume(run)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
-def warn_once(run: Run, message: str, once_key: str | None = None) -> None:
-    """A warning logged once per run (not once per epoch); `once_key` groups variants."""
-    key = once_key or message
-    if key not in run.warned:
-        run.warned.add(key)
-        log.warning("%s", message)
-
-
-def best_on_disk(run: Run) -> tuple[float | None, int | None, Path | None]:
-    """(key metric, epoch, path) of the best checkpoint actually in the run folder."""
-    from .checkpoint import CheckpointError, read_meta
-
-    path = run.out / "best.safetensors"
-    if not path.exists():
-        return None, None, None
-    try:
-        meta = read_meta(path)
-    except CheckpointError as err:
-        log.warning("%s", err)
-        return None, None, None
-    value = (meta.get("metrics") or {}).get(run.key_metric)
-    return value, meta.get("epoch"), path
 
 
 def fit(run: Run) -> dict[str, Any]:
@@ -379,6 +363,10 @@ def fit(run: Run) -> dict[str, Any]:
             if run.max_steps is not None and s.step >= run.max_steps:
                 finished = s.epoch >= run.preset.epochs
                 break
+    if run.dist.enabled:  # rank 0 has written everything before anyone reads it
+        from .distributed import barrier
+
+        barrier(run.dist)
     best, best_epoch, best_path = best_on_disk(run)  # what is on disk, not what we believe
     if (best, best_epoch) != (s.best, s.best_epoch) and s.best is not None:
         log.warning("the run's best (%s at epoch %s) is not the one in %s (%s at epoch %s)",

@@ -34,6 +34,17 @@ def focal_loss(
     return loss
 
 
+def saliency_logits(
+    cos: Tensor, video_mask: Tensor, saliency: Tensor, pos_clip: Tensor, temperature: float
+) -> Tensor:
+    """(B, T) logits of the saliency contrastive loss: cosine / τ where a frame's saliency
+    is at most that of the sample's positive clip and the frame is valid, else -inf."""
+    b = torch.arange(cos.size(0), device=cos.device)
+    pos_score = saliency[b, pos_clip].unsqueeze(-1)
+    keep = (saliency <= pos_score) & video_mask  # (B, T)
+    return cos * logit_scale(temperature, cos) + torch.where(keep, 0.0, float("-inf"))
+
+
 def saliency_row_col(
     cos: Tensor, video_mask: Tensor, saliency: Tensor, pos_clip: Tensor, temperature: float
 ) -> tuple[Tensor, Tensor]:
@@ -54,9 +65,7 @@ def saliency_row_col(
         row, col: (B,) negative log-likelihoods.
     """
     b = torch.arange(cos.size(0), device=cos.device)
-    pos_score = saliency[b, pos_clip].unsqueeze(-1)
-    keep = (saliency <= pos_score) & video_mask  # (B, T)
-    sim = cos * logit_scale(temperature, cos) + torch.where(keep, 0.0, float("-inf"))
+    sim = saliency_logits(cos, video_mask, saliency, pos_clip, temperature)
     row = -F.log_softmax(sim, dim=1)[b, pos_clip]
     cols = sim[:, pos_clip].t()  # (B, B'): row b holds column p_b of every sample b'
     col = -F.log_softmax(cols, dim=1)[b, b]

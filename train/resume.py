@@ -66,12 +66,15 @@ def save_training_state(
     optimizer: torch.optim.Optimizer,
     info: dict,
     scaler: torch.amp.GradScaler | None = None,
+    rank_rng: list[tuple[dict, dict]] | None = None,
 ) -> Path:
     """Atomically save everything needed to continue training exactly (see module doc).
 
     Args:
         path: the file to write (e.g. `runs/x/resume.safetensors`).
         info: JSON-able loop state (epoch, step, position, best metric, settings, ...).
+        rank_rng: a distributed run's `capture_rng()` of every process, in rank order
+            (rank 0's is this process's own); stored as `rank<r>.rng.*` for r > 0.
     """
     tensors = {f"model.{k}": v for k, v in _state_tensors(model).items()}
     opt = optimizer.state_dict()
@@ -84,6 +87,11 @@ def save_training_state(
                 scalars.setdefault(str(pid), {})[key] = value
     rng_tensors, rng_info = capture_rng()
     tensors.update(rng_tensors)
+    ranks_info = []
+    for r, (r_tensors, r_info) in enumerate(rank_rng or []):
+        if r > 0:
+            tensors.update({f"rank{r}.{k}": v.contiguous() for k, v in r_tensors.items()})
+            ranks_info.append(r_info)
     header = {
         "format": CHECKPOINT_FORMAT,
         "r2_version": __version__,
@@ -91,6 +99,7 @@ def save_training_state(
         "param_groups": opt["param_groups"],
         "optim_scalars": scalars,
         "rng": rng_info,
+        "rng_ranks": ranks_info,  # python/numpy states of ranks 1, 2, ... (distributed runs)
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     }
     p = Path(path)
@@ -117,8 +126,10 @@ def load_training_state(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None = None,
+    rank: int = 0,
 ) -> dict:
-    """Restore model, optimizer, grad scaler and RNG states saved by `save_training_state`.
+    """Restore model, optimizer, grad scaler and RNG states saved by `save_training_state`
+    (`rank`: the process of a distributed run whose random-number states to restore).
 
     Returns:
         The `info` dict given at save time.
@@ -131,7 +142,7 @@ def load_training_state(
     except Exception as exc:
         raise CheckpointError(f"{p}: unreadable training state: {exc}") from exc
     try:
-        return _restore(header, tensors, model, optimizer, scaler)
+        return _restore(header, tensors, model, optimizer, scaler, rank)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
@@ -140,7 +151,7 @@ def load_training_state(
         ) from exc
 
 
-def _restore(header: dict, tensors: dict, model, optimizer, scaler) -> dict:
+def _restore(header: dict, tensors: dict, model, optimizer, scaler, rank: int = 0) -> dict:
     """Apply a decoded resume state; any inconsistency raises (wrapped by the caller)."""
     info = header["info"]
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -159,5 +170,10 @@ def _restore(header: dict, tensors: dict, model, optimizer, scaler) -> dict:
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     if scaler is not None and header.get("scaler"):
         scaler.load_state_dict(header["scaler"])
-    restore_rng(tensors, header["rng"])
+    if rank == 0:
+        restore_rng(tensors, header["rng"])
+    else:
+        prefix = f"rank{rank}."
+        mine = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        restore_rng(mine, header["rng_ranks"][rank - 1])
     return info

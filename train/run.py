@@ -146,6 +146,7 @@ def train(
         full disk) when the run could not go on: the last saved state stays resumable.
     """
     from . import loop
+    from .distributed import barrier, setup, shutdown
     from .resume import read_training_info
 
     out = Path(out)
@@ -153,7 +154,6 @@ def train(
     if resume:
         saved = read_training_info(out / loop.RESUME_FILE)["settings"]
         val_anno = val_anno_for_resume(saved, None if val_anno is None else Path(val_anno))
-    dev = loop.resolve_device(device)
     p = preset_with(preset, epochs=epochs, batch_size=batch_size, lr=lr, warmup_iters=warmup,
                     lr_drop_epoch=lr_drop)  # fmt: skip
     options = RunOptions(
@@ -162,8 +162,14 @@ def train(
         save_every=save_every, max_steps=max_steps, on_step=on_step, resume=resume,
         strict_anno=strict_anno,
     )  # fmt: skip
-    _prepare_out(out, resume, loop.LOG_FILE)
-    return _train_in(out, Path(cache), Path(train_anno), val_anno, p, dev, options)
+    d, dev = setup(device)  # torchrun / srun: join the process group (distributed.py)
+    try:
+        if d.main:
+            _prepare_out(out, resume, loop.LOG_FILE)
+        barrier(d)
+        return _train_in(out, Path(cache), Path(train_anno), val_anno, p, dev, options, d)
+    finally:
+        shutdown(d)
 
 
 def _prepare_out(out: Path, resume: bool, log_file: str) -> None:
@@ -178,18 +184,22 @@ def _prepare_out(out: Path, resume: bool, log_file: str) -> None:
         (out / log_file).unlink(missing_ok=True)
 
 
-def _train_in(out: Path, cache: Path, train_anno: Path, val_anno, p, dev, options: RunOptions):
+def _train_in(out: Path, cache: Path, train_anno: Path, val_anno, p, dev, options: RunOptions, d):
     """Open the cache and the run log, build the run, fit; a failed write mid-run is a
-    RunFailureError that says the run is resumable."""
+    RunFailureError that says the run is resumable. Processes other than rank 0 of a
+    distributed run write no log and report warnings only."""
     from r2.cache import FeatureCache
 
     from . import loop
 
     loop.seed_everything(options.seed)
-    handler = _file_logger(out)
+    r2_log = logging.getLogger("r2")
+    handler, level = (_file_logger(out), r2_log.level) if d.main else (None, r2_log.level)
+    if not d.main:
+        r2_log.setLevel(logging.WARNING)
     cache_obj = FeatureCache(cache)
     try:
-        run = _build_run(cache_obj, train_anno, val_anno, out, p, dev, options)
+        run = _build_run(cache_obj, train_anno, val_anno, out, p, dev, options, d)
         try:
             summary = loop.fit(run)
         except OSError as err:  # a full disk, a folder gone read-only, ...
@@ -201,17 +211,20 @@ def _train_in(out: Path, cache: Path, train_anno: Path, val_anno, p, dev, option
         return summary
     finally:
         cache_obj.close()
-        logging.getLogger("r2").removeHandler(handler)
-        handler.close()
+        r2_log.setLevel(level)
+        if handler is not None:
+            r2_log.removeHandler(handler)
+            handler.close()
 
 
-def _build_run(cache, train_anno: Path, val_anno, out: Path, p, dev, o: RunOptions):
+def _build_run(cache, train_anno: Path, val_anno, out: Path, p, dev, o: RunOptions, d):
     """Data, model, optimizer and loop state of a run (restored when resuming)."""
     import torch
 
     from . import loop
     from .checkpoint import build_meta
     from .data import EpochBatchSampler, GroundingDataset, make_loader
+    from .distributed import RANK_SEED_STRIDE, wrap
     from .model import R2Model
 
     amp_dtype = loop.autocast_dtype(o.amp, dev)
@@ -222,26 +235,32 @@ def _build_run(cache, train_anno: Path, val_anno, out: Path, p, dev, o: RunOptio
     cfg = model_config(p, cache.settings, o.k, o.config)
     train_items, val_items, features, mode = _data(cache, train_anno, val_anno, p, cfg.k, o, dev)
     settings = run_settings(cfg, p, cache, o.seed, train_items, val_items, o.amp, train_anno,
-                            val_anno)  # fmt: skip
+                            val_anno, d.world_size, d.backend)  # fmt: skip
     model = R2Model(cfg).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     dataset = GroundingDataset(train_items, features, cache.settings.fps, cfg.k, train=True,
                                seed=o.seed, repeat=p.dataset_repeat)  # fmt: skip
-    sampler = EpochBatchSampler(len(dataset), p.batch_size, o.seed)
+    sampler = EpochBatchSampler(len(dataset), p.batch_size, o.seed, rank=d.rank,
+                                world_size=d.world_size, lengths=dataset.lengths)  # fmt: skip
     run = loop.Run(
         model=model, optimizer=optimizer,
         scaler=torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16),
-        loader=make_loader(dataset, sampler, o.workers, o.seed, mode), sampler=sampler,
+        loader=make_loader(dataset, sampler, o.workers, o.seed, mode, dev), sampler=sampler,
         preset=p, device=dev, out=out, amp_dtype=amp_dtype, val_items=val_items,
         val_features=features, fps=cache.settings.fps, workers=o.workers, preload=mode,
         save_every=o.save_every, max_steps=o.max_steps, on_step=o.on_step,
-        meta=build_meta(cfg, p, cache.settings, cache.attrs, settings=settings),
+        meta=build_meta(cfg, p, cache.settings, cache.attrs, settings=settings), dist=d,
     )  # fmt: skip
     if o.resume:
         _restore(run, settings)
-    log.info("training %d queries (x%d per epoch, %d steps/epoch) for %d epochs on %s; "
-             "validating on %s; outputs in %s", len(train_items), p.dataset_repeat,
-             sampler.batches_per_epoch, p.epochs, dev,
+    elif d.rank > 0:  # own dropout draws (a resumed run restores this process's state)
+        torch.manual_seed(o.seed + RANK_SEED_STRIDE * d.rank)
+    if d.enabled:
+        run.ddp = wrap(model, d, dev)
+    log.info("training %d queries (x%d per epoch, %d steps/epoch of %d) for %d epochs on %s"
+             "%s; validating on %s; outputs in %s", len(train_items), p.dataset_repeat,
+             sampler.batches_per_epoch, p.batch_size, p.epochs, dev,
+             f" in {d.world_size} processes ({d.backend})" if d.enabled else " (1 process)",
              f"{len(val_items)} queries of {val_anno}" if val_items else "nothing (no --val-anno)",
              out)  # fmt: skip
     return run
@@ -253,16 +272,19 @@ def _restore(run, settings: dict) -> None:
 
     from . import loop
     from .checkpoint import CheckpointError
-    from .resume import load_training_state
+    from .resume import load_training_state, read_training_info
+    from .runlog import trim_log
 
     path = run.out / loop.RESUME_FILE
-    info = load_training_state(path, run.model, run.optimizer, run.scaler)
+    compare_settings(read_training_info(path)["settings"], settings, path)  # world size first
+    info = load_training_state(path, run.model, run.optimizer, run.scaler, rank=run.dist.rank)
     problems = dataclass_problems(loop.LoopState, info.get("loop"), "loop")
     if problems:
         raise CheckpointError(f"{path}: damaged training state: {'; '.join(problems)}")
     compare_settings(info["settings"], settings, path)
     run.state = loop.LoopState(**info["loop"])
-    loop.trim_log(run.out / loop.LOG_FILE, run.state)
+    if run.dist.main:
+        trim_log(run.out / loop.LOG_FILE, run.state)
     s = run.state
     log.info("resumed %s at epoch %d, batch %d (step %d)", run.out, s.epoch + 1, s.batch, s.step)
 

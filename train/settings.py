@@ -45,9 +45,20 @@ def _digest(items, with_data: bool) -> dict[str, Any] | None:
 
 
 def run_settings(
-    cfg, preset, cache, seed: int, train_items, val_items, amp: str, train_anno, val_anno
+    cfg,
+    preset,
+    cache,
+    seed: int,
+    train_items,
+    val_items,
+    amp: str,
+    train_anno,
+    val_anno,
+    world_size: int = 1,
+    backend: str | None = None,
 ) -> dict[str, Any]:
-    """The run settings stored in checkpoints and compared on resume."""
+    """The run settings stored in checkpoints and compared on resume (world_size: processes
+    of a distributed run, backend: its torch.distributed backend, None for one process)."""
     return {
         "config": dataclasses.asdict(cfg),
         "preset": dataclasses.asdict(preset),
@@ -58,12 +69,22 @@ def run_settings(
         "val_items": _digest(val_items, with_data=True),  # ids AND ground truth
         "train_anno": str(Path(train_anno).resolve()),
         "val_anno": None if val_anno is None else str(Path(val_anno).resolve()),
+        "world_size": world_size,
+        "backend": backend,
     }
 
 
 def compare_settings(saved: dict, current: dict, path: Path) -> None:
     """Refuse to resume with settings that would make it another run."""
     norm = lambda x: json.loads(json.dumps(x, default=list))  # noqa: E731 - tuples -> lists
+    was, now = int(saved.get("world_size") or 1), int(current.get("world_size") or 1)
+    if was != now:
+        raise ResumeMismatchError(
+            f"cannot resume {path}: the run was trained by {_processes(was)}, this is "
+            f"{_processes(now)}; resume it with the same number of processes (torchrun "
+            f"--nproc_per_node x --nnodes = {was}): the batch shares and each process's "
+            "random draws depend on it"
+        )
     diffs = []
     for key in RESUME_FIXED:
         if key == "val_items" and key not in saved:
@@ -84,6 +105,10 @@ def compare_settings(saved: dict, current: dict, path: Path) -> None:
         raise ResumeMismatchError(
             f"cannot resume {path}: the run was started with other settings: " + "; ".join(diffs)
         )
+
+
+def _processes(n: int) -> str:
+    return "a single process" if n == 1 else f"{n} processes (torchrun/srun world size {n})"
 
 
 def _describe_val(digest: dict | None, settings: dict) -> str:
