@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-quick bench-gpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,16 +26,19 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Every benchmark, one after the other (each under an exclusive lock of BENCH_LOCK, so a
+# shared machine's other work never runs beside one); writes benchmarks/README.md.
+BENCH_LOCK ?= /tmp/r2-cpu.lock
 bench: $(STAMP)
-	$(BIN)/python benchmarks/eval.py
-	$(BIN)/python benchmarks/anno_limits.py
-	$(BIN)/python benchmarks/extract.py
-	$(BIN)/python benchmarks/extract.py --memory
-	$(BIN)/python benchmarks/train.py
-	$(BIN)/python benchmarks/clip_precision.py --skip-predictions
-	$(BIN)/python benchmarks/long_video.py model
-	$(BIN)/python benchmarks/long_video.py extract
-	$(BIN)/python benchmarks/import_release.py
+	$(BIN)/python benchmarks/collect.py --lock $(BENCH_LOCK)
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/collect.py --quick --lock $(BENCH_LOCK)
+
+# GPU figures (extraction, training per preload, inference) into benchmarks/GPU.md; on a
+# machine without CUDA it says so and exits 0.
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/collect.py --only gpu.py --out benchmarks/GPU.md
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -14,3 +14,18 @@ def testdata() -> Path:
     if not SHARED_TESTDATA.is_dir():
         pytest.skip(f"shared test data not found at {SHARED_TESTDATA} (only on project machines)")
     return SHARED_TESTDATA
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` run only where CUDA is available (skipped with the reason)."""
+    if not any("cuda" in item.keywords for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    build = "a CPU-only torch build" if torch.version.cuda is None else "no usable GPU"
+    skip = pytest.mark.skip(reason=f"needs CUDA: not available here ({build})")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

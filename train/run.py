@@ -34,7 +34,7 @@ MAX_DEFAULT_WORKERS = 4  # data-loader processes by default, fewer on small mach
 
 
 def default_workers() -> int:
-    """Data-loader processes by default: up to 4, leaving one core to the training process."""
+    """Loader reading threads by default: up to 4, leaving one core to the training step."""
     from r2.device import available_cores
 
     return max(0, min(MAX_DEFAULT_WORKERS, available_cores() - 1))
