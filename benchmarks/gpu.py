@@ -87,7 +87,7 @@ def extraction(data: Path, model: str | None, videos: int, workers: list[int]) -
 
 def _step_fn(model, optimizer, scaler):
     def step(batch) -> None:
-        batch = batch.to("cuda", non_blocking=True) if batch.video.device.type != "cuda" else batch
+        batch = batch.to("cuda")  # no-op for batches the loader already put there
         with torch.autocast("cuda", dtype=torch.float16):
             loss = sum(model.losses(model(batch), batch).values())
         optimizer.zero_grad(set_to_none=True)

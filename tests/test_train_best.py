@@ -204,7 +204,7 @@ def test_full_disk_in_the_log_and_on_the_command_line(data, tmp_path, monkeypatc
                 return real_write(fd, data_[: len(data_) // 2])
         return real_write(fd, data_)
 
-    monkeypatch.setattr(loop.os, "write", short_write)
+    monkeypatch.setattr(os, "write", short_write)  # every writer of the run
     out = tmp_path / "cli"
     result = CliRunner().invoke(app, [
         "train", "--cache", str(data["cache"]), "--train-anno", str(data["train"]),

@@ -136,6 +136,9 @@ def train_command(
 
     With --domain (YouTube Highlights, TVSum): one such run per domain in OUT/NAME/, then
     the per-domain table (printed, OUT/table.json).
+
+    Several GPUs or machines: `torchrun --nproc_per_node N $(which r2) train ...` (or srun);
+    the batch size is the global batch, rank 0 writes the outputs.
     """
     options = dict(locals())
     from r2.errors import cli_errors
@@ -148,6 +151,10 @@ def train_command(
             table = run_train(kwargs, per_domain)
         else:
             summary = run_train(kwargs)
+    from r2.train.distributed import from_env
+
+    if (from_env() or (0,))[0] != 0:  # one summary for a distributed run: rank 0's
+        return
     if per_domain:
         from r2.evaluate.domains import TABLE_NAME, format_domain_table
 
