@@ -205,3 +205,20 @@ def test_launcher_environments_are_read():
     shares = [share_of(7, r, 3) for r in range(3)]
     assert [(s.offset, s.count) for s in shares] == [(0, 3), (3, 2), (5, 2)]
     assert share_of(1, 1, 2).count == 0
+
+
+def test_auto_preload_counts_every_process_of_the_machine(monkeypatch):
+    """4 processes on one machine each preload their own copy: auto fits 4 copies in RAM."""
+    import r2.train.data as D
+    from r2.train.distributed import local_processes
+
+    monkeypatch.setattr(D, "available_ram", lambda: 100 * 2**30)
+    cpu = torch.device("cpu")
+    assert D.resolve_preload("auto", 20 * 2**30, cpu) == "ram"  # 20 GiB <= 50 % of 100
+    assert D.resolve_preload("auto", 20 * 2**30, cpu, copies=4) == "none"  # 80 GiB > 50
+    assert D.resolve_preload("auto", 10 * 2**30, cpu, copies=4) == "ram"
+    torchrun = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}
+    assert local_processes(torchrun) == 4
+    assert local_processes({"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "16",
+                            "SLURM_NTASKS_PER_NODE": "8(x2)"}) == 8  # fmt: skip
+    assert local_processes({"LOCAL_WORLD_SIZE": "4"}) == 1  # no launcher: one process

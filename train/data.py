@@ -93,8 +93,9 @@ def available_ram() -> int | None:
         return None
 
 
-def resolve_preload(mode: str, needed: int, device: torch.device) -> str:
-    """Turn "auto" into "gpu", "ram" or "none" from the feature size and free memory."""
+def resolve_preload(mode: str, needed: int, device: torch.device, copies: int = 1) -> str:
+    """Turn "auto" into "gpu", "ram" or "none" from the feature size and free memory;
+    `copies`: processes of this machine that each preload into RAM (a distributed run)."""
     if mode not in PRELOAD_CHOICES:
         raise ValueError(f"preload must be one of {PRELOAD_CHOICES}, got {mode!r}")
     if mode == "gpu" and device.type != "cuda":
@@ -122,19 +123,14 @@ def resolve_preload(mode: str, needed: int, device: torch.device) -> str:
             )
             return "gpu"
     ram = available_ram()
-    if ram is not None and needed <= RAM_BUDGET * ram:
-        log.info(
-            "preload auto: features need %.2f GiB, %.2f GiB RAM available -> RAM",
-            needed / gib,
-            ram / gib,
-        )
+    each = f" x {copies} processes on this machine" if copies > 1 else ""
+    if ram is not None and needed * copies <= RAM_BUDGET * ram:
+        log.info("preload auto: features need %.2f GiB%s, %.2f GiB RAM available -> RAM",
+                 needed / gib, each, ram / gib)  # fmt: skip
         return "ram"
-    log.info(
-        "preload auto: features need %.2f GiB, %s RAM available -> read from the cache "
-        "file on demand",
-        needed / gib,
-        "unknown" if ram is None else f"{ram / gib:.2f} GiB",
-    )
+    log.info("preload auto: features need %.2f GiB%s, %s RAM available -> read from the "
+             "cache file on demand", needed / gib, each,
+             "unknown" if ram is None else f"{ram / gib:.2f} GiB")  # fmt: skip
     return "none"
 
 

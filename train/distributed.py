@@ -108,6 +108,19 @@ def from_env(env: dict[str, str] | None = None) -> tuple[int, int, int, str] | N
     return None
 
 
+def local_processes(env: dict[str, str] | None = None) -> int:
+    """Processes of this run on this machine (torchrun's LOCAL_WORLD_SIZE, srun's tasks per
+    node, e.g. "8(x2)"), 1 outside a launcher: each one preloads its own copy into RAM."""
+    env = dict(os.environ if env is None else env)
+    if from_env(env) is None:
+        return 1
+    text = env.get("LOCAL_WORLD_SIZE") or env.get("SLURM_NTASKS_PER_NODE") or "1"
+    try:
+        return max(1, int(text.split("(")[0].split(",")[0]))
+    except ValueError:
+        return 1
+
+
 def _slurm_rendezvous() -> None:
     """MASTER_ADDR / MASTER_PORT for srun tasks that were not given them."""
     if "MASTER_ADDR" not in os.environ:

@@ -326,7 +326,10 @@ def _data(cache, train_anno: Path, val_anno, preset, k: int, o: RunOptions, devi
             preset.name,
         )
     every = train_items + (val_items or [])
-    mode = resolve_preload(o.preload, feature_bytes(cache, every, k), device)
+    from .distributed import local_processes
+
+    copies = local_processes()
+    mode = resolve_preload(o.preload, feature_bytes(cache, every, k), device, copies)
     if mode == "none":
         return train_items, val_items, cache, mode
     features = PreloadedFeatures.load(cache, every, k, device if mode == "gpu" else None)
