@@ -108,18 +108,6 @@ def read_plan(fd: int, plan: Plan, out: memoryview) -> None:
         at += size
 
 
-def spans(ranges, gap: int) -> list[tuple[int, int]]:
-    """(offset, nbytes) ranges merged where less than `gap` bytes separate them (e.g. the
-    rows of k < K layers: one read-ahead hint per video instead of one per row)."""
-    out: list[list[int]] = []
-    for offset, size in ranges:
-        if out and offset - (out[-1][0] + out[-1][1]) < gap:
-            out[-1][1] = offset + size - out[-1][0]
-        else:
-            out.append([offset, size])
-    return [(a, b) for a, b in out]
-
-
 def byte_view(out: np.ndarray) -> memoryview:
     """A writable flat byte view of a C-contiguous array."""
     if not out.flags.c_contiguous or not out.flags.writeable:

@@ -11,14 +11,13 @@ import h5py
 import numpy as np
 
 from . import layout as L
-from .direct import DirectRows, byte_view, read_plan, spans
+from .direct import DirectRows, byte_view, read_plan
 from .index import CacheIndex, QueryEntry, VideoEntry, load_index
 from .records import CacheError, CacheSettings, QueryRecord, VideoRecord
 
 # Handles inherited from a parent process: kept referenced so that a child never closes
 # (or otherwise touches) HDF5 state that belongs to its parent.
 _INHERITED_HANDLES: list[object] = []
-HINT_GAP = 1 << 20  # bytes: file ranges closer than this share one read-ahead hint
 
 
 def read_settings(path: str | os.PathLike) -> CacheSettings:
@@ -145,23 +144,6 @@ class FeatureCache:
         entry = self._query_entry(qid)
         self._read_into(L.QUERY_TOKENS, entry.start, entry.length, out, f"query {qid!r}")
         return out
-
-    def will_need_video(self, vid: str, n: int, k: int) -> None:
-        """Ask the kernel to start reading clips 0 .. n - 1 (last k layers) of video `vid`
-        into the page cache in the background (a hint: errors and other layouts ignored),
-        so a later `read_video_into` of a cold file overlaps with the caller's work."""
-        advise = getattr(os, "posix_fadvise", None)
-        if advise is None:
-            return
-        try:
-            entry = self._video_entry(vid)
-            direct, fd = self._direct_rows(L.VIDEO_FRAMES)
-            plan = direct.plan(entry.start, min(n, entry.record.n_clips), k)
-            if plan is not None:
-                for offset, size in spans(plan.ranges, HINT_GAP):
-                    advise(fd, offset, size, os.POSIX_FADV_WILLNEED)
-        except (OSError, CacheError, KeyError):
-            pass
 
     def query_length(self, qid: str) -> int:
         """Token rows stored for query `qid` (what `query(qid)` returns)."""

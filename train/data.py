@@ -211,14 +211,6 @@ class GroundingDataset(Dataset):
         length = getattr(self.features, "query_length", None)
         return length(qid) if length is not None else len(self.features.query(qid))
 
-    def will_need(self, key: tuple | int) -> None:
-        """Hint that the sample's video features will be read soon (cache files only: the
-        kernel starts reading them in the background; see `BatchLoader`)."""
-        hint = getattr(self.features, "will_need_video", None)
-        if hint is not None:
-            it = self._item(key)[1]
-            hint(it.anno.vid, it.n_clips, self.k)
-
     def read_features(self, key: tuple | int, video_out, query_out) -> None:
         """The sample's features (last k layers) into `video_out` (T, k, P, Dv) and
         `query_out` (L, k, Dq): numpy arrays or tensors of the feature dtype."""

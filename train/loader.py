@@ -96,31 +96,16 @@ class BatchLoader:
         self._slots: list[_Slot] = []
         self._max_slots = self.prefetch + SPARE_SLOTS if self.workers else SPARE_SLOTS
         self._stream = None
-        self.hint = hasattr(dataset, "will_need")  # read-ahead hints (cache files)
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.workers == 0:
-            for keys in self._hinted():
+            for keys in self.sampler:
                 yield self._deliver(*self._assemble(keys, None))
             return
         yield from self._background()
-
-    def _hinted(self) -> Iterator[list]:
-        """The sampler's batches; before one is handed on, the features of the next are
-        hinted to the kernel (`GroundingDataset.will_need`): a cold cache file is read in
-        the background while this batch is assembled and used."""
-        batches = iter(self.sampler)
-        current = next(batches, None)
-        while current is not None:
-            following = next(batches, None)
-            if following is not None and self.hint:
-                for key in following:
-                    self.dataset.will_need(key)
-            yield current
-            current = following
 
     # ------------------------------------------------------------ assembly
 
@@ -214,7 +199,7 @@ class BatchLoader:
 
         def produce() -> None:
             try:
-                for keys in self._hinted():
+                for keys in self.sampler:
                     if stop.is_set() or not put(self._assemble(keys, pool)):
                         return
                 put(None)
