@@ -10,8 +10,9 @@ for the original's layout, one .npy per video and per query. Then prints samples
   buffer; the limit of anything reading from disk), and np.load of one .npy per video and
   per query (the original's layout);
 - r2's loader from the cache file (`--preload none`) cold (the file's pages dropped first,
-  `posix_fadvise(DONTNEED)`) and warm, with 0, 1, 2 and 4 loader workers: the second
-  epoch of a loader (a run's steady state: its buffers or worker processes exist);
+  `posix_fadvise(DONTNEED)`, before each measured epoch) and warm, with 0, 1, 2 and 4
+  loader workers: the epochs after a loader's first (a run's steady state: its buffers
+  exist); anchors are medians of 3 passes;
 - `--preload ram`: load rate cold and warm (GB/s) and the memory it adds (peak, in a fresh
   process) against the feature bytes; then batches from RAM;
 - on a CUDA machine, every path includes the copy to the GPU (and `--preload gpu` is
@@ -119,38 +120,51 @@ def epoch_order(n: int) -> list[int]:
 # ---------------------------------------------------------------- anchors
 
 
-def memcpy_rate(n: int) -> float:
-    """Samples/s of copying each sample's bytes into a reused batch-sized buffer."""
+def memcpy_rate(n: int, repeats: int = 5) -> float:
+    """Samples/s of copying each sample's bytes into a reused batch-sized buffer (median
+    of `repeats` epochs)."""
     src = np.random.default_rng(0).integers(0, 2**15, (DISTINCT, SAMPLE_BYTES // 2), np.int16)
     dst = np.zeros((BATCH, SAMPLE_BYTES // 2), np.int16)
     dst[:] = 1  # every page faulted in: a warm, reused buffer
-    t0 = time.perf_counter()
-    for j, i in enumerate(epoch_order(n)):
-        np.copyto(dst[j % BATCH], src[i % DISTINCT])
-    return n / (time.perf_counter() - t0)
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for j, i in enumerate(epoch_order(n)):
+            np.copyto(dst[j % BATCH], src[i % DISTINCT])
+        rates.append(n / (time.perf_counter() - t0))
+    return float(np.median(rates))
 
 
-def plain_read_rate(path: Path) -> float:
-    """GB/s of one sequential read of the file into a reused buffer."""
+def plain_read_rate(path: Path, cold: bool, repeats: int = 3) -> float:
+    """GB/s of a sequential read of the file into a reused buffer: the median of
+    `repeats` reads (`cold`: the file's pages dropped before each)."""
     buf = bytearray(64 << 20)
     view = memoryview(buf)
-    t0, total = time.perf_counter(), 0
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            got = f.readinto(view)
-            if not got:
-                break
-            total += got
-    return total / GB / (time.perf_counter() - t0)
+    rates = []
+    for _ in range(repeats):
+        if cold:
+            drop_pages(path)
+        t0, total = time.perf_counter(), 0
+        with open(path, "rb", buffering=0) as f:
+            while got := f.readinto(view):
+                total += got
+        rates.append(total / GB / (time.perf_counter() - t0))
+    return float(np.median(rates))
 
 
-def npy_rate(npy: Path, n: int) -> float:
-    """Samples/s of np.load of each sample's video and query (the original's layout)."""
-    t0 = time.perf_counter()
-    for i in epoch_order(n):
-        np.load(npy / f"v{i:04d}.npy")
-        np.load(npy / f"q{i}.npy")
-    return n / (time.perf_counter() - t0)
+def npy_rate(npy: Path, n: int, cold: bool, repeats: int = 3) -> float:
+    """Samples/s of np.load of each sample's video and query (the original's layout), in
+    the epoch order: the median of `repeats` epochs (`cold`: pages dropped before each)."""
+    rates = []
+    for _ in range(repeats):
+        if cold:
+            drop_pages(npy)
+        t0 = time.perf_counter()
+        for i in epoch_order(n):
+            np.load(npy / f"v{i:04d}.npy")
+            np.load(npy / f"q{i}.npy")
+        rates.append(n / (time.perf_counter() - t0))
+    return float(np.median(rates))
 
 
 # ---------------------------------------------------------------- r2's data path
@@ -165,24 +179,26 @@ def items_of(cache: FeatureCache, n: int):
 def loader_rate(
     items, features, workers: int, preload: str, device: torch.device, cold: Path | None = None
 ) -> float:
-    """Samples/s of one epoch of training batches, moved to `device`: the second epoch of
-    one loader (the steady state of a run: buffers and worker processes exist); `cold`:
-    the pages of that file are dropped before it."""
+    """Samples/s of training batches moved to `device`, over several epochs of one loader
+    after a first unmeasured one (a run's steady state: its buffers exist); `cold`: the
+    pages of that file are dropped before each measured epoch (outside the timing)."""
     ds = GroundingDataset(items, features, FPS, K, train=True, seed=0)
     sampler = EpochBatchSampler(len(ds), BATCH, seed=0)
-    loader = make_loader(ds, sampler, workers, 0, preload)
-    for epoch in (0, 1):
+    loader = make_loader(ds, sampler, workers, 0, preload, device)
+    measured = (2 if quick() else 3) if cold is not None else (3 if quick() else 8)
+    n, seconds = 0, 0.0
+    for epoch in range(1 + measured):
         sampler.set_epoch(epoch)
-        if epoch == 1 and cold is not None:
+        if epoch and cold is not None:
             drop_pages(cold)
-        n, t0 = 0, time.perf_counter()
+        t0 = time.perf_counter()
         for batch in loader:
             batch = batch.to(device)
-            n += batch.size
+            n += batch.size if epoch else 0
             batch = None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
+        seconds += time.perf_counter() - t0 if epoch else 0.0
     return n / seconds
 
 
@@ -226,18 +242,16 @@ def measure(cache: Path, npy: Path, n: int, workers: list[int], device: torch.de
     note = f"{n} videos, {gb:.2f} GB, batch {BATCH}, device {device.type}"
     memcpy = memcpy_rate(n)
     report("memcpy of the same bytes (the limit)", memcpy, "samples/s", note=note)
-    drop_pages(cache)
-    read_cold = plain_read_rate(cache)
-    read_warm = plain_read_rate(cache)
+    read_cold = plain_read_rate(cache, cold=True)
+    read_warm = plain_read_rate(cache, cold=False)
     report("plain read of the cache file, cold", read_cold, "GB/s", anchor="memcpy",
            anchor_value=memcpy * per_gb)  # fmt: skip
     report("plain read of the cache file, warm", read_warm, "GB/s", anchor="memcpy",
            anchor_value=memcpy * per_gb)  # fmt: skip
     cold_read_sps = read_cold / per_gb
-    drop_pages(npy)
-    report("one .npy per video (original layout), cold", npy_rate(npy, n), "samples/s",
+    report("one .npy per video (original layout), cold", npy_rate(npy, n, True), "samples/s",
            anchor="plain read, cold", anchor_value=cold_read_sps)  # fmt: skip
-    report("one .npy per video (original layout), warm", npy_rate(npy, n), "samples/s",
+    report("one .npy per video (original layout), warm", npy_rate(npy, n, False), "samples/s",
            anchor="memcpy", anchor_value=memcpy)  # fmt: skip
     with FeatureCache(cache) as fc:
         items = items_of(fc, n)

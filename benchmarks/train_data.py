@@ -4,7 +4,7 @@ Builds a temporary cache of N videos (T = 75 clips, K = 4, P = 50, Dv = 768, flo
 23 MB per video like a real QVHighlights cache) and N queries (L = 20), then prints:
 
 - samples/s of the training loader (batch 32, QVHighlights labels) reading the cache file
-  with 0 and 2 worker processes, and from RAM after `--preload ram` (plus the preload time);
+  with 0 and 2 reading threads, and from RAM after `--preload ram` (plus the preload time);
 - seconds per query of validation inference (`predict_items`, B = 1, full-size model).
 
 The machine may be shared: figures are noisy; the load average is printed.
