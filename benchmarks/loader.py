@@ -135,6 +135,17 @@ def memcpy_rate(n: int, repeats: int = 5) -> float:
     return float(np.median(rates))
 
 
+def fresh_memory_rate(nbytes: int) -> float:
+    """GB/s of the first write to `nbytes` of fresh memory (page faults and zeroing: the
+    floor of any preload, which must fill new memory)."""
+    t0 = time.perf_counter()
+    x = torch.empty(nbytes, dtype=torch.uint8)
+    x.fill_(1)
+    rate = nbytes / GB / (time.perf_counter() - t0)
+    del x
+    return rate
+
+
 def plain_read_rate(path: Path, cold: bool, repeats: int = 3) -> float:
     """GB/s of a sequential read of the file into a reused buffer: the median of
     `repeats` reads (`cold`: the file's pages dropped before each)."""
@@ -264,6 +275,9 @@ def measure(cache: Path, npy: Path, n: int, workers: list[int], device: torch.de
             report(f"loader, no preload, {w} workers, warm", warm, "samples/s",
                    anchor="memcpy", anchor_value=memcpy,
                    note=f"{warm * per_gb:.2f} GB/s")  # fmt: skip
+    fresh = fresh_memory_rate(int(gb * GB))
+    report("first write to fresh memory, same bytes", fresh, "GB/s", anchor="memcpy",
+           anchor_value=memcpy * per_gb)  # fmt: skip
     modes = ["ram"] + (["gpu"] if device.type == "cuda" else [])
     for mode in modes:
         ram_workers = [w for w in workers if w in (0, 2)] if mode == "ram" else [0]
@@ -276,6 +290,7 @@ def measure(cache: Path, npy: Path, n: int, workers: list[int], device: torch.de
                 "GB/s",
                 anchor=f"plain read, {temp}",
                 anchor_value=read_cold if cold else read_warm,
+                note=f"{r['seconds'] * fresh / gb:.2f} x the first-write time of fresh memory",
             )
             if mode == "ram" and cold:
                 report(
