@@ -89,11 +89,15 @@ def test_gpu_preload_batches_equal_cpu_batches_and_refuses_what_does_not_fit(tmp
         gpu = D.PreloadedFeatures.load(fc, items, 2, device="cuda")
         assert gpu.device.type == "cuda"
         batches = {}
-        for name, features, device in (("cpu", fc, "cpu"), ("gpu", gpu, "cuda")):
+        for key, mode, features, device in (("cpu", "none", fc, "cpu"),
+                                            ("pinned", "none", fc, "cuda"),
+                                            ("gpu", "gpu", gpu, "cuda")):  # fmt: skip
             ds = D.GroundingDataset(items, features, 0.5, 2, train=True, seed=3)
             sampler = D.EpochBatchSampler(len(ds), 4, seed=3)
-            batches[name] = [b.to("cpu") for b in D.make_loader(ds, sampler, 2, 0, name, device)]
-        for a, b in zip(batches["cpu"], batches["gpu"], strict=True):
+            loader = D.make_loader(ds, sampler, 2, 0, mode, device)  # cuda: pinned buffers
+            batches[key] = [b.to("cpu") for b in loader]
+        for a, b, c in zip(batches["cpu"], batches["pinned"], batches["gpu"], strict=True):
+            assert torch.equal(a.video, c.video) and torch.equal(a.query, c.query)
             assert torch.equal(a.video, b.video) and torch.equal(a.query, b.query)
             assert torch.equal(a.video_mask, b.video_mask) and a.qids == b.qids
         free, _ = torch.cuda.mem_get_info()
