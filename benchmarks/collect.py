@@ -36,7 +36,7 @@ from figures import QUICK_ENV, RECORDS_ENV, _fmt  # noqa: E402
 
 # (script, arguments, arguments in quick mode): every benchmark of this folder
 BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
-    ("loader.py", ["--videos", "100"], ["--videos", "24", "--workers", "0,2"]),
+    ("loader.py", ["--videos", "100"], ["--videos", "100"]),  # quick: fewer epochs
     ("train.py", [], ["--steps", "1"]),
     ("clip_precision.py", ["--skip-predictions"], ["--skip-predictions"]),
     ("train_data.py", [], ["--videos", "8"]),
