@@ -102,9 +102,18 @@ def _read_all(read, ids: list[str], rows: list[int], block: np.ndarray, desc: st
         for i in ids:
             read(i, views[i])
         return views
+
+    def load(i: str) -> str:
+        views[i].fill(0)  # fault the fresh pages in first: see below
+        read(i, views[i])
+        return i
+
+    # A read into fresh pages faults them in one by one inside the kernel's copy: 100
+    # videos (2.3 GB) loaded at 1.2 GB/s here, 4.7 GB/s when each video's rows are written
+    # once before the read (the same memory, no more of it).
     bar = tqdm(total=block.nbytes, desc=desc, unit="B", unit_scale=True, disable=None)
     with ThreadPoolExecutor(LOAD_THREADS, "r2-preload") as pool:
-        for i in pool.map(lambda i: (read(i, views[i]), i)[1], ids):
+        for i in pool.map(load, ids):
             bar.update(views[i].nbytes)
     bar.close()
     return views
