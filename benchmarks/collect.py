@@ -146,7 +146,9 @@ def write_readme(out: Path, runs: list[dict], quick: bool, started: str) -> None
         "comparison have their output shown as printed.", "",
     ]  # fmt: skip
     body = [line for r in runs for line in section(r)]
-    out.write_text("\n".join(head + body).rstrip() + "\n", encoding="utf-8")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(head + body).rstrip() + "\n", encoding="utf-8")
+    os.replace(tmp, out)
 
 
 def main() -> int:
@@ -163,9 +165,11 @@ def main() -> int:
     if missing:
         print(f"warning: not in collect.BENCHMARKS (not run): {', '.join(missing)}")
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    runs = [run_one(s, q if quick else a, quick, args.lock)
-            for s, a, q in BENCHMARKS if not only or s in only]  # fmt: skip
-    write_readme(args.out, runs, quick, started)
+    runs: list[dict] = []
+    for script, full_args, quick_args in BENCHMARKS:
+        if not only or script in only:
+            runs.append(run_one(script, quick_args if quick else full_args, quick, args.lock))
+            write_readme(args.out, runs, quick, started)  # after each: nothing is lost
     failed = [r["command"] for r in runs if r["code"] != 0]
     print(f"wrote {args.out}: {len(runs)} benchmarks, {len(failed)} failed"
           + (f" ({'; '.join(failed)})" if failed else ""))  # fmt: skip
