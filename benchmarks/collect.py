@@ -81,12 +81,17 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {ram:.0f} GiB RAM, {gpu}, {tv}"
 
 
-def commit() -> str:
+def commit(out: Path) -> str:
+    """HEAD, flagged when files other than the table itself differ from it."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
 
     head = git("rev-parse", "--short=12", "HEAD").strip() or "unknown"
-    return head + (" (with uncommitted changes)" if git("status", "--porcelain").strip() else "")
+    table = out.resolve()
+    table = str(table.relative_to(REPO)) if table.is_relative_to(REPO) else None
+    changed = [line for line in git("status", "--porcelain").splitlines() if line[3:] != table]
+    return head + (" (with uncommitted changes)" if changed else "")
 
 
 def run_one(script: str, args: list[str], quick: bool, lock: str | None) -> dict:
@@ -134,12 +139,12 @@ def section(r: dict) -> list[str]:
     return lines
 
 
-def write_readme(out: Path, runs: list[dict], quick: bool, started: str) -> None:
+def write_readme(out: Path, runs: list[dict], quick: bool, started: str, revision: str) -> None:
     head = [
         "# Benchmarks", "",
         "Written by `make bench` (`python benchmarks/collect.py`"
         + (" --quick" if quick else "") + "); do not edit by hand.", "",
-        f"- date: {started}", f"- commit: {commit()}", f"- machine: {machine()}",
+        f"- date: {started}", f"- commit: {revision}", f"- machine: {machine()}",
         f"- mode: {'quick (smaller sizes, BENCH_QUICK=1)' if quick else 'full'}", "",
         "Every ratio compares a figure with its anchor (the original implementation's layout "
         "or the physical limit) measured in the same run. Scripts that print their own "
@@ -165,11 +170,12 @@ def main() -> int:
     if missing:
         print(f"warning: not in collect.BENCHMARKS (not run): {', '.join(missing)}")
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    revision = commit(args.out)  # the code measured: as it was when the run started
     runs: list[dict] = []
     for script, full_args, quick_args in BENCHMARKS:
         if not only or script in only:
             runs.append(run_one(script, quick_args if quick else full_args, quick, args.lock))
-            write_readme(args.out, runs, quick, started)  # after each: nothing is lost
+            write_readme(args.out, runs, quick, started, revision)  # after each: none lost
     failed = [r["command"] for r in runs if r["code"] != 0]
     print(f"wrote {args.out}: {len(runs)} benchmarks, {len(failed)} failed"
           + (f" ({'; '.join(failed)})" if failed else ""))  # fmt: skip
