@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass
 
 import h5py
@@ -48,18 +49,40 @@ class DirectRows:
             and tuple(dataset.chunks[1:]) == tuple(self.shape[1:])
             and dataset.id.get_create_plist().get_nfilters() == 0
         )
-        self._chunks: dict[int, int] = {}  # chunk number -> file offset
+        self._offsets: np.ndarray | None = None  # chunk number -> file offset, -1 unknown
+        self._lock = threading.Lock()
+
+    def _index(self) -> np.ndarray:
+        """Every chunk's file offset, read once with one pass over HDF5's chunk index
+        (`chunk_iter`: 7.5 ms for 7,500 chunks, against 56 µs per chunk looked up alone,
+        which made the first pass over a cache 0.4 s slower per 100 videos)."""
+        with self._lock:
+            if self._offsets is None:
+                n = -(-self.shape[0] // self.chunk_rows) if self.chunk_rows else 0
+                offsets = np.full(n, -1, np.int64)
+                want = self.chunk_rows * self.row_bytes
+
+                def visit(info) -> None:
+                    if info.byte_offset is not None and info.size == want and not info.filter_mask:
+                        offsets[info.chunk_offset[0] // self.chunk_rows] = info.byte_offset
+
+                if self.usable and hasattr(self._dsid, "chunk_iter"):
+                    self._dsid.chunk_iter(visit)
+                self._offsets = offsets
+            return self._offsets
 
     def _chunk_offset(self, c: int) -> int | None:
-        off = self._chunks.get(c)
-        if off is None:
-            coord = (c * self.chunk_rows,) + (0,) * (len(self.shape) - 1)
-            info = self._dsid.get_chunk_info_by_coord(coord)
-            want = self.chunk_rows * self.row_bytes
-            if info.byte_offset is None or info.size != want or info.filter_mask != 0:
-                return None
-            off = self._chunks[c] = int(info.byte_offset)
-        return off
+        offsets = self._index()
+        if c < len(offsets) and offsets[c] >= 0:
+            return int(offsets[c])
+        coord = (c * self.chunk_rows,) + (0,) * (len(self.shape) - 1)
+        info = self._dsid.get_chunk_info_by_coord(coord)  # not in the index (or no chunk_iter)
+        want = self.chunk_rows * self.row_bytes
+        if info.byte_offset is None or info.size != want or info.filter_mask != 0:
+            return None
+        if c < len(offsets):
+            offsets[c] = int(info.byte_offset)
+        return int(info.byte_offset)
 
     def plan(self, start: int, n: int, k: int) -> Plan | None:
         """The file ranges of rows [start, start + n), last `k` of the K layers; None when

@@ -184,3 +184,27 @@ def test_ram_preload_is_one_block_of_the_feature_bytes(setup):
     assert block.nbytes == sum(v.nbytes for v in ram.videos.values())
     for vid, v in ram.videos.items():
         assert np.array_equal(v, fc.video(vid)[:, -1:])
+
+
+def test_chunk_index_read_at_once_equals_per_chunk_lookups(tmp_path):
+    """`DirectRows` reads every chunk's offset in one pass (`chunk_iter`); each equals
+    HDF5's own lookup of that chunk (ViT-sized rows: many chunks)."""
+    import h5py
+
+    from r2.cache.direct import DirectRows
+
+    settings = CacheSettings(**{**SETTINGS.__dict__, "k": 2, "tokens_per_frame": 50,
+                                "video_dim": 256})  # fmt: skip
+    path = tmp_path / "d.h5"
+    with CacheWriter(path, settings) as w:
+        for i, t in enumerate((5, 9, 14)):
+            feats = np.full((t, 2, 50, 256), i, np.float16)
+            w.add_video(VideoRecord(f"v{i}", t / 0.5, t, "x", 1, 0.0, False), feats)
+    with h5py.File(path, "r") as f:
+        dataset = f["video/frames"]
+        rows = DirectRows(dataset)
+        offsets = rows._index()
+        assert rows.usable and len(offsets) == -(-dataset.shape[0] // dataset.chunks[0]) > 1
+        for c, offset in enumerate(offsets):
+            coord = (c * dataset.chunks[0],) + (0,) * (dataset.ndim - 1)
+            assert offset == dataset.id.get_chunk_info_by_coord(coord).byte_offset
