@@ -17,12 +17,13 @@ counts the failures).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -94,14 +95,26 @@ def commit(out: Path) -> str:
     return head + (" (with uncommitted changes)" if changed else "")
 
 
+@contextlib.contextmanager
+def _locked(path: str | None):
+    """An exclusive flock of `path` while the benchmark runs (waiting is not timed)."""
+    if path is None:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run_one(script: str, args: list[str], quick: bool, lock: str | None) -> dict:
     """Run one benchmark; its figures, output, duration and status."""
-    with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as records:
+    with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as records, _locked(lock):
         env = {**os.environ, RECORDS_ENV: records.name, QUICK_ENV: "1" if quick else "0"}
         shown = ["python", f"benchmarks/{script}", *args]
         cmd = [sys.executable, str(HERE / script), *args]
-        if lock and shutil.which("flock"):
-            cmd = ["flock", "-x", lock, *cmd]
         began, t0 = datetime.datetime.now(datetime.UTC), time.perf_counter()
         print(f"== {shlex.join(shown)}", flush=True)
         try:
