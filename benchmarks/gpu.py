@@ -51,14 +51,14 @@ def _sync() -> None:
 
 
 def extraction(data: Path, model: str | None, videos: int, workers: list[int]) -> None:
-    from extract import GOPS, prepare
+    from extract import prepare
     from r2.extract import extract
     from r2.extract.decode import decode_video
     from r2.extract.encode import ClipEncoder
 
-    random_model, files = prepare(data)
+    random_model, files = prepare(data, ["short"])
     model = model or str(random_model)
-    video = files[next(iter(GOPS))]
+    video = files["short"]
     frames = decode_video(video, CLIP_FPS, IMAGE_SIZE).frames
     encoder = ClipEncoder.load(model, k=K, towers=("vision",), device="cuda")
     encoder.encode_frames(frames[:32])  # warm-up (kernels, allocator)
