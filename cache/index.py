@@ -98,10 +98,19 @@ def check_layout(f: h5py.File, path: Path, settings: CacheSettings, version: int
             )
 
 
+def _current_rows(ds: h5py.Dataset) -> int:
+    """Rows of `ds` now. Under a concurrent SWMR writer, the shape HDF5 cached when the file
+    was opened (`check_layout` reads every header) can predate the commit record just read:
+    refresh it so that committed rows are never reported missing."""
+    if ds.file.swmr_mode:
+        ds.refresh()
+    return int(ds.shape[0])
+
+
 def _read_rows(f: h5py.File, path: Path) -> tuple[int, list[int], list[int], bytes, list, list]:
     try:
         seq, counts = L.read_commit(f[L.COMMITTED][:], path)
-        sizes = [int(f[name].shape[0]) for name in L.COUNTED]
+        sizes = [_current_rows(f[name]) for name in L.COUNTED]
         for name, count, size in zip(L.COUNTED, counts, sizes, strict=True):
             if count < 0 or count > size:
                 raise CacheError(

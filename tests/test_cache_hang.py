@@ -141,3 +141,25 @@ def test_a_failed_extraction_leaves_no_cache_lock_or_frames_folder(tmp_path):
     summary = extract([tmp_path / "videos"], out, model=str(clip), workers=0)
     assert not summary.usable and len(summary.videos_skipped) == 1
     assert os.listdir(out.parent) == []  # before: an empty c.h5 and a 0-byte c.h5.lock
+
+
+def test_rows_are_read_fresh_under_a_live_writer():
+    """A reader opened while a writer commits (SWMR) refreshes each counted dataset after
+    reading the commit record: the shape cached when the file was opened may predate it, which
+    made `FeatureCache` report "the commit record claims 5 rows ... the dataset holds 4" about
+    1 time in 12 under load (tests/test_import_release.py's killed-import test)."""
+    from types import SimpleNamespace
+
+    from r2.cache.index import _current_rows
+
+    class Stale:
+        shape = (4, 2)
+
+        def __init__(self, swmr: bool):
+            self.file = SimpleNamespace(swmr_mode=swmr)
+
+        def refresh(self):
+            self.shape = (5, 2)
+
+    assert _current_rows(Stale(swmr=True)) == 5
+    assert _current_rows(Stale(swmr=False)) == 4  # no writer: the file cannot change
