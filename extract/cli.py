@@ -104,14 +104,32 @@ def extract_command(
     SIGTERM, e.g. a slurm time limit) stops at once; what was committed stays in the cache.
     """
     options = dict(locals())
-    from r2.errors import cli_errors
+    from r2.errors import EXIT_INTERRUPTED, cli_errors
 
     hint = "what was committed stays in the cache; re-run to finish"
-    with cli_errors(hint):
-        summary = run_extract(extract_options(options))
+    try:
+        with cli_errors(hint):
+            summary = run_extract(extract_options(options))
+    except typer.Exit as stop:
+        if stop.exit_code == EXIT_INTERRUPTED:
+            _exit_now(stop.exit_code)
+        raise
     if not summary.usable:
         print("error: nothing usable was extracted (see the skipped files above)", file=sys.stderr)
         raise typer.Exit(1)
+
+
+def _exit_now(code: int) -> None:
+    """Leave at once after Ctrl-C: the cache is closed and the decode workers are stopped by
+    now, but the interpreter's teardown joins concurrent.futures' manager thread of the
+    killed pool, which can wait on its dead workers' queues; under heavy load that took
+    over 30 s once (tests/test_extract_failures.py). Logs and streams are flushed first."""
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def extract_options(o: dict) -> dict:
