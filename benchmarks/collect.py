@@ -37,7 +37,7 @@ from figures import QUICK_ENV, RECORDS_ENV, _fmt  # noqa: E402
 
 # (script, arguments, arguments in quick mode): every benchmark of this folder
 BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
-    ("loader.py", ["--videos", "100"], ["--videos", "100"]),  # quick: fewer epochs
+    ("loader.py", ["--videos", "300"], ["--videos", "100"]),  # 300: the 6.9 GB
     ("train.py", [], ["--rounds", "1", "--threads", "2"]),
     ("clip_precision.py", ["--skip-predictions"], ["--skip-predictions"]),
     ("train_data.py", [], ["--videos", "8"]),

@@ -12,9 +12,11 @@ for the original's layout, one .npy per video and per query. Then prints samples
 - r2's loader from the cache file (`--preload none`) cold (the file's pages dropped first,
   `posix_fadvise(DONTNEED)`, before each measured epoch) and warm, with 0, 1, 2 and 4
   loader workers: the epochs after a loader's first (a run's steady state: its buffers
-  exist); anchors are medians of 3 passes;
+  exist);
 - `--preload ram`: load rate cold and warm (GB/s) and the memory it adds (peak, in a fresh
   process) against the feature bytes; then batches from RAM;
+- cold figures come from interleaved rounds (every path once per round, pages dropped
+  before each) and are compared with the plain read of the same rounds;
 - on a CUDA machine, every path includes the copy to the GPU (and `--preload gpu` is
   measured); on CPU the batch as the model gets it is the end.
 
@@ -135,22 +137,14 @@ def memcpy_rate(n: int, repeats: int = 5) -> float:
     return float(np.median(rates))
 
 
-def fresh_memory_rate(nbytes: int) -> float:
-    """GB/s of the first write to `nbytes` of fresh memory (page faults and zeroing: the
-    floor of any preload, which must fill new memory)."""
-    t0 = time.perf_counter()
-    x = torch.empty(nbytes, dtype=torch.uint8)
-    x.fill_(1)
-    rate = nbytes / GB / (time.perf_counter() - t0)
-    del x
-    return rate
+PLAIN_READ_BYTES = 8 << 20  # the fastest plain reader here: 3.4 GB/s cold against 2.0-2.5
+# for cat, 128 KB, 1 MB and 64 MB reads (interleaved rounds; read_ahead_kb is 8192)
 
 
 def plain_read_rate(path: Path, cold: bool, repeats: int = 3) -> float:
-    """GB/s of a sequential read of the file into a reused buffer: the median of
-    `repeats` reads (`cold`: the file's pages dropped before each)."""
-    buf = bytearray(64 << 20)
-    view = memoryview(buf)
+    """GB/s of a sequential read of the file in 8 MB reads into a reused buffer: the median
+    of `repeats` reads (`cold`: the file's pages dropped before each)."""
+    view = memoryview(bytearray(PLAIN_READ_BYTES))
     rates = []
     for _ in range(repeats):
         if cold:
@@ -187,30 +181,52 @@ def items_of(cache: FeatureCache, n: int):
     return prepare_items(annos, cache, "qvhighlights", train=True)
 
 
-def loader_rate(
-    items, features, workers: int, preload: str, device: torch.device, cold: Path | None = None
-) -> float:
-    """Samples/s of training batches moved to `device`, over several epochs of one loader
-    after a first unmeasured one (a run's steady state: its buffers exist); `cold`: the
-    pages of that file are dropped before each measured epoch (outside the timing)."""
-    ds = GroundingDataset(items, features, FPS, K, train=True, seed=0)
-    sampler = EpochBatchSampler(len(ds), BATCH, seed=0)
-    loader = make_loader(ds, sampler, workers, 0, preload, device)
-    measured = (2 if quick() else 3) if cold is not None else (3 if quick() else 8)
-    n, seconds = 0, 0.0
-    for epoch in range(1 + measured):
-        sampler.set_epoch(epoch)
-        if epoch and cold is not None:
-            drop_pages(cold)
-        t0 = time.perf_counter()
-        for batch in loader:
-            batch = batch.to(device)
-            n += batch.size if epoch else 0
+class LoaderRun:
+    """One loader in a run's steady state (its first epoch, unmeasured, made its buffers);
+    `epoch()` times the next epoch of training batches moved to `device`."""
+
+    def __init__(self, items, features, workers: int, preload: str, device: torch.device):
+        ds = GroundingDataset(items, features, FPS, K, train=True, seed=0)
+        self.sampler = EpochBatchSampler(len(ds), BATCH, seed=0)
+        self.loader = make_loader(ds, self.sampler, workers, 0, preload, device)
+        self.device, self.epochs = device, 0
+        self.epoch()
+
+    def epoch(self) -> float:
+        """Samples/s of one epoch."""
+        self.sampler.set_epoch(self.epochs)
+        self.epochs += 1
+        n, t0 = 0, time.perf_counter()
+        for batch in self.loader:
+            batch = batch.to(self.device)
+            n += batch.size
             batch = None
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds += time.perf_counter() - t0 if epoch else 0.0
-    return n / seconds
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return n / (time.perf_counter() - t0)
+
+    def warm(self) -> float:
+        """Median samples/s of several epochs (pages cached)."""
+        return float(np.median([self.epoch() for _ in range(3 if quick() else 5)]))
+
+
+def cold_rounds(cache: Path, runs: dict[str, callable], rounds: int) -> dict[str, float]:
+    """Median rate of each of `runs` over `rounds` rounds; in each round every run once, in
+    turn (round r starts with run r: each takes each place), the file's pages dropped
+    before each: runs compared under the same conditions (this VM's disk drifts by tens of
+    percent within minutes)."""
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    fastest = {name: 0.0 for name in runs}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            drop_pages(cache)
+            rates[name].append(runs[name]())
+            fastest[name] = max(fastest[name], rates[name][-1])
+    for name, values in rates.items():
+        print(f"  {name}: " + " ".join(f"{v:.3g}" for v in values), flush=True)
+    medians = {name: float(np.median(values)) for name, values in rates.items()}
+    return {**medians, **{f"fastest {name}": v for name, v in fastest.items()}}
 
 
 def _status(key: str) -> int:
@@ -231,13 +247,12 @@ def preload_child(cache_path: str, n: int, mode: str, workers: list[int]) -> Non
         features = PreloadedFeatures.load(cache, items, K, device if mode == "gpu" else None)
         seconds = time.perf_counter() - t0
         extra = _status("VmHWM") - base
-        rates = {w: loader_rate(items, features, w, mode, device) for w in workers}
+        rates = {w: LoaderRun(items, features, w, mode, device).warm() for w in workers}
     print(json.dumps({"seconds": seconds, "extra_bytes": extra, "rates": rates}))
 
 
-def preload(cache: Path, n: int, mode: str, workers: list[int], cold: bool) -> dict:
-    if cold:
-        drop_pages(cache)
+def preload(cache: Path, n: int, mode: str, workers: list[int]) -> dict:
+    """A preload in a fresh process (the caller drops the pages for a cold one)."""
     cmd = [sys.executable, __file__, "--child", mode, "--videos", str(n), "--cache", str(cache),
            "--workers", ",".join(map(str, workers))]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -245,6 +260,66 @@ def preload(cache: Path, n: int, mode: str, workers: list[int], cold: bool) -> d
 
 
 # ---------------------------------------------------------------- main
+
+
+def measure_loaders(cache: Path, n: int, workers: list[int], device, memcpy: float) -> None:
+    """Cold and warm rates of the loader from the file, against the plain read / memcpy."""
+    per_gb = SAMPLE_BYTES / GB
+    with FeatureCache(cache) as fc:
+        items = items_of(fc, n)
+        runs = {w: LoaderRun(items, fc, w, "none", device) for w in workers}
+        for w, run in runs.items():
+            rate = run.warm()
+            report(
+                f"loader, no preload, {w} workers, warm",
+                rate,
+                "samples/s",
+                anchor="memcpy",
+                anchor_value=memcpy,
+                note=f"{rate * per_gb:.2f} GB/s",
+            )
+        plain = lambda: plain_read_rate(cache, cold=False, repeats=1) / per_gb  # noqa: E731
+        timed = {"plain read": plain, **{f"{w} workers": r.epoch for w, r in runs.items()}}
+        print(f"cold rounds (samples/s; pages dropped before each): {', '.join(timed)}")
+        cold = cold_rounds(cache, timed, 2 if quick() else len(timed))
+    for w in workers:
+        rate = cold[f"{w} workers"]
+        report(f"loader, no preload, {w} workers, cold", rate, "samples/s",
+               anchor="plain read, cold", anchor_value=cold["plain read"],
+               note=f"{rate * per_gb:.2f} GB/s; medians of interleaved rounds; "
+               f"{rate / cold['fastest plain read']:.2f} x the fastest plain read")  # fmt: skip
+
+
+def measure_preload(cache: Path, n: int, mode: str, workers: list[int], memcpy: float) -> None:
+    """Load rate cold (interleaved with plain reads) and warm, memory, batches from memory."""
+    gb, per_gb = n * SAMPLE_BYTES / GB, SAMPLE_BYTES / GB
+    results: list[dict] = []
+
+    def cold_load() -> float:
+        results.append(preload(cache, n, mode, []))
+        return gb / results[-1]["seconds"]
+
+    plain = lambda: plain_read_rate(cache, cold=False, repeats=1)  # noqa: E731
+    print(f"cold rounds (GB/s; pages dropped before each): plain read, preload {mode}")
+    cold = cold_rounds(cache, {"plain read": plain, "preload": cold_load}, 2 if quick() else 3)
+    report(
+        f"preload {mode}: load, cold",
+        cold["preload"],
+        "GB/s",
+        anchor="plain read, cold",
+        anchor_value=cold["plain read"],
+        note="medians of interleaved rounds; "
+        f"{cold['preload'] / cold['fastest plain read']:.2f} x the fastest plain read",
+    )
+    peak = max(r["extra_bytes"] for r in results) / GB
+    report(f"preload {mode}: memory added (peak)", peak, "GB", anchor="feature bytes",
+           anchor_value=gb, better="lower")  # fmt: skip
+    warm = preload(cache, n, mode, workers if mode == "ram" else [0])
+    report(f"preload {mode}: load, warm", gb / warm["seconds"], "GB/s", anchor="plain read, warm",
+           anchor_value=plain_read_rate(cache, cold=False))  # fmt: skip
+    for w, rate in warm["rates"].items():
+        report(f"loader, preload {mode}, {w} workers", rate, "samples/s", anchor="memcpy",
+               anchor_value=memcpy, note=f"{rate * per_gb:.2f} GB/s")  # fmt: skip
 
 
 def measure(cache: Path, npy: Path, n: int, workers: list[int], device: torch.device) -> None:
@@ -259,53 +334,13 @@ def measure(cache: Path, npy: Path, n: int, workers: list[int], device: torch.de
            anchor_value=memcpy * per_gb)  # fmt: skip
     report("plain read of the cache file, warm", read_warm, "GB/s", anchor="memcpy",
            anchor_value=memcpy * per_gb)  # fmt: skip
-    cold_read_sps = read_cold / per_gb
     report("one .npy per video (original layout), cold", npy_rate(npy, n, True), "samples/s",
-           anchor="plain read, cold", anchor_value=cold_read_sps)  # fmt: skip
+           anchor="plain read, cold", anchor_value=read_cold / per_gb)  # fmt: skip
     report("one .npy per video (original layout), warm", npy_rate(npy, n, False), "samples/s",
            anchor="memcpy", anchor_value=memcpy)  # fmt: skip
-    with FeatureCache(cache) as fc:
-        items = items_of(fc, n)
-        for w in workers:
-            cold = loader_rate(items, fc, w, "none", device, cold=cache)
-            warm = loader_rate(items, fc, w, "none", device)
-            report(f"loader, no preload, {w} workers, cold", cold, "samples/s",
-                   anchor="plain read, cold", anchor_value=cold_read_sps,
-                   note=f"{cold * per_gb:.2f} GB/s")  # fmt: skip
-            report(f"loader, no preload, {w} workers, warm", warm, "samples/s",
-                   anchor="memcpy", anchor_value=memcpy,
-                   note=f"{warm * per_gb:.2f} GB/s")  # fmt: skip
-    fresh = fresh_memory_rate(int(gb * GB))
-    report("first write to fresh memory, same bytes", fresh, "GB/s", anchor="memcpy",
-           anchor_value=memcpy * per_gb)  # fmt: skip
-    modes = ["ram"] + (["gpu"] if device.type == "cuda" else [])
-    for mode in modes:
-        ram_workers = [w for w in workers if w in (0, 2)] if mode == "ram" else [0]
-        for cold in (True, False):
-            r = preload(cache, n, mode, ram_workers, cold)
-            temp = "cold" if cold else "warm"
-            report(
-                f"preload {mode}: load, {temp}",
-                gb / r["seconds"],
-                "GB/s",
-                anchor=f"plain read, {temp}",
-                anchor_value=read_cold if cold else read_warm,
-                note=f"{r['seconds'] * fresh / gb:.2f} x the first-write time of fresh memory",
-            )
-            if mode == "ram" and cold:
-                report(
-                    "preload ram: memory added (peak)",
-                    r["extra_bytes"] / GB,
-                    "GB",
-                    anchor="feature bytes",
-                    anchor_value=gb,
-                    better="lower",
-                )
-            if not cold:
-                for w, rate in r["rates"].items():
-                    report(f"loader, preload {mode}, {w} workers", rate, "samples/s",
-                           anchor="memcpy", anchor_value=memcpy,
-                           note=f"{rate * per_gb:.2f} GB/s")  # fmt: skip
+    measure_loaders(cache, n, workers, device, memcpy)
+    for mode in ["ram"] + (["gpu"] if device.type == "cuda" else []):
+        measure_preload(cache, n, mode, workers, memcpy)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {note}")
 
 

@@ -175,15 +175,87 @@ def test_direct_reads_equal_hdf5_reads(tmp_path, monkeypatch, settings_k):
                 fc.read_video_into("v0", np.empty((6, k, *full.shape[2:]), np.float16))
 
 
-def test_ram_preload_is_one_block_of_the_feature_bytes(setup):
-    fc, items = setup
-    ram = D.PreloadedFeatures.load(fc, items, 1)
-    blocks = {id(v.base) for v in ram.videos.values()}
-    assert len(blocks) == 1
-    block = next(iter(ram.videos.values())).base
-    assert block.nbytes == sum(v.nbytes for v in ram.videos.values())
-    for vid, v in ram.videos.items():
-        assert np.array_equal(v, fc.video(vid)[:, -1:])
+def _rss_file() -> int:
+    from pathlib import Path
+
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _big_cache(tmp_path, n: int = 6, t: int = 30):
+    """A cache of ViT-sized rows (~2.3 MB per video) and its items."""
+    settings = CacheSettings(**{**SETTINGS.__dict__, "k": 2, "tokens_per_frame": 50,
+                                "video_dim": 384})  # fmt: skip
+    annos = make_annotations(n, min_clips=t, max_clips=t)
+    cache = make_cache(tmp_path / "big.h5", annos, settings=settings)
+    return cache, write_jsonl(tmp_path / "big.jsonl", annos)
+
+
+def test_ram_preload_maps_the_file_and_reads_the_feature_bytes_in_once(tmp_path):
+    """`--preload ram` serves every id from the mapped file, nothing copied into new
+    memory; after loading, the feature bytes are resident in this process (no page faults
+    left for the training steps); every row equals the cache's."""
+    cache, path = _big_cache(tmp_path)
+    k = 2
+    with FeatureCache(cache) as fc:
+        items = D.prepare_items(D.read_annotations(path), fc, "qvhighlights", train=True)
+        before = _rss_file()
+        ram = D.PreloadedFeatures.load(fc, items, k)
+        resident = _rss_file() - before
+        wanted = sum(fc.video(v)[:, -k:].nbytes for v in fc.video_ids())
+        wanted += sum(fc.query(q)[:, -k:].nbytes for q in fc.query_ids())
+        assert ram.videos == {} and ram.queries == {}
+        assert ram.mapped.nbytes == wanted
+        assert 0.9 * wanted <= resident <= 1.2 * wanted + 2**20, (resident, wanted)
+        for vid in fc.video_ids():
+            assert np.array_equal(ram.video(vid), fc.video(vid)[:, -k:])
+            out = np.full((7, k, 50, 384), np.nan, np.float16)
+            ram.read_video_into(vid, out)
+            assert np.array_equal(out, fc.video(vid)[:7, -k:])
+        for qid in fc.query_ids():
+            assert np.array_equal(ram.query(qid), fc.query(qid)[:, -k:])
+        with pytest.raises(ValueError, match="cannot copy"):
+            ram.mapped.read_video_into(fc.video_ids()[0], np.empty((99, k, 50, 384), np.float16))
+
+
+def test_ram_preload_of_fewer_layers_copies_them_into_one_block(tmp_path):
+    """k < K: the used layers interleave with unused ones at a few pages each, so a
+    mapping would hold all K; they are copied into one block of exactly their bytes."""
+    cache, path = _big_cache(tmp_path)
+    with FeatureCache(cache) as fc:
+        items = D.prepare_items(D.read_annotations(path), fc, "qvhighlights", train=True)
+        ram = D.PreloadedFeatures.load(fc, items, 1)
+        assert not ram.mapped.videos and not ram.mapped.queries
+        block = next(iter(ram.videos.values())).base
+        assert len({id(v.base) for v in ram.videos.values()}) == 1
+        assert block.nbytes == sum(v.nbytes for v in ram.videos.values())
+        for vid, v in ram.videos.items():
+            assert np.array_equal(v, fc.video(vid)[:, -1:])
+
+
+def test_ram_preload_copies_what_the_mapping_cannot_serve(tmp_path, monkeypatch):
+    """Ids without a direct layout are read into one block of RAM; the others stay mapped;
+    a kernel without MADV_POPULATE_READ gets its pages faulted in by touch. Same bytes."""
+    import r2.cache.mapped as M
+    from r2.cache.direct import DirectRows
+
+    cache, path = _big_cache(tmp_path)
+    plan = DirectRows.plan
+    monkeypatch.setattr(DirectRows, "plan", lambda self, start, n, k: None if start % 60 == 0
+                        else plan(self, start, n, k))  # fmt: skip
+    monkeypatch.setattr(M, "MADV_POPULATE_READ", 0x7FFF)  # EINVAL: the touch fallback
+    with FeatureCache(cache) as fc:
+        items = D.prepare_items(D.read_annotations(path), fc, "qvhighlights", train=True)
+        ram = D.PreloadedFeatures.load(fc, items, 2)
+        assert ram.videos and ram.mapped.videos  # some of each
+        assert len({id(v.base) for v in ram.videos.values()}) == 1
+        for vid in fc.video_ids():
+            assert np.array_equal(ram.video(vid), fc.video(vid))
+            out = np.empty((30, 1, 50, 384), np.float16)  # fewer layers: the slicing path
+            ram.read_video_into(vid, out)
+            assert np.array_equal(out, fc.video(vid)[:, -1:])
 
 
 def test_chunk_index_read_at_once_equals_per_chunk_lookups(tmp_path):

@@ -64,7 +64,7 @@ LrDrop = Annotated[int | None, typer.Option(
 Seed = Annotated[int, typer.Option(help="Seed of init, data order and draws.")]
 Workers = Annotated[int | None, typer.Option(
     min=0, help="Loader threads reading features into the batch (0: in the training thread).",
-    show_default="min(4, cores - 1)")]  # fmt: skip
+    show_default="4")]  # fmt: skip
 Preload = Annotated[str, typer.Option(help="Keep features in memory: none | ram | gpu | auto.")]
 K = Annotated[int | None, typer.Option("--k", min=1, help="CLIP layers used (last K of the cache).",
                                        show_default="min(4, the cache's)")]  # fmt: skip

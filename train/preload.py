@@ -1,9 +1,12 @@
-"""`--preload ram|gpu`: the features a run needs, read once into one block of memory.
+"""`--preload ram|gpu`: the features a run needs, read once and held in memory.
 
-Videos are read in the order they lie in the cache file (sequential reads at the speed of
-the file), each straight into its rows of one preallocated array (`read_video_into`: no
-temporary arrays), so the memory used is the feature bytes and nothing more. For the GPU
-the rows go through two pinned host buffers (one is read while the other is copied).
+RAM: the cache file's pages are mapped and read in once (`FeatureCache.map_features`,
+cache/mapped.py): the kernel's page cache is the only copy, loaded at the speed of a plain
+read of the file, shared by the processes of a machine; the loader copies each sample from
+it straight into its batch buffer. Ids the mapping cannot serve (a layout that needs HDF5's
+own reads) are read, in the order they lie in the file, into one preallocated block
+(`read_video_into`: no temporary arrays). GPU: rows go through two pinned host buffers (one
+is read while the other is copied) into one block of device memory.
 """
 
 from __future__ import annotations
@@ -16,26 +19,35 @@ import torch
 from tqdm import tqdm
 
 from r2.cache import FeatureCache
+from r2.cache.mapped import MappedFeatures
 
 log = logging.getLogger(__name__)
 
-LOAD_THREADS = 2  # reading threads of a RAM preload (a page-cache hit is a memcpy)
+LOAD_THREADS = 2  # reading threads of a copied RAM preload (a page-cache hit is a memcpy)
 
 
 class PreloadedFeatures:
-    """Features of a set of ids held in memory (numpy in RAM, or torch tensors on a GPU).
+    """Features of a set of ids held in memory: mapped from the cache file, copied into one
+    block of RAM, or torch tensors on a GPU.
 
-    `videos[vid]` is (T, k, P, Dv) and `queries[qid]` (L, k, Dq), views of one block each.
+    `videos[vid]` is (T, k, P, Dv) and `queries[qid]` (L, k, Dq): the copied ones (views of
+    one block each); `mapped` serves the others.
     """
 
-    def __init__(self, videos: dict, queries: dict):
-        self.videos, self.queries = videos, queries
+    def __init__(self, videos: dict, queries: dict, mapped: MappedFeatures | None = None,
+                 shapes: tuple[tuple, tuple] = ((), ())):  # fmt: skip
+        self.videos, self.queries, self.mapped = videos, queries, mapped
+        self._shapes = shapes  # (k, P, Dv), (k, Dq): rows of the mapped features
 
     def video(self, vid: str) -> np.ndarray | torch.Tensor:
-        return self.videos[vid]
+        if vid in self.videos or self.mapped is None:
+            return self.videos[vid]
+        return self.mapped.video(vid, self._shapes[0])
 
     def query(self, qid: str) -> np.ndarray | torch.Tensor:
-        return self.queries[qid]
+        if qid in self.queries or self.mapped is None:
+            return self.queries[qid]
+        return self.mapped.query(qid, self._shapes[1])
 
     @property
     def device(self) -> torch.device | None:
@@ -45,11 +57,22 @@ class PreloadedFeatures:
 
     def read_video_into(self, vid: str, out: np.ndarray | torch.Tensor) -> None:
         """Copy the first len(out) clips' last out.shape[1] layers of `vid` into `out`."""
-        _copy(self.videos[vid], out)
+        if vid in self.videos or not self._direct(out, 0):
+            _copy(self.video(vid), out)
+        else:
+            self.mapped.read_video_into(vid, np.asarray(out))
 
     def read_query_into(self, qid: str, out: np.ndarray | torch.Tensor) -> None:
         """Copy the first len(out) tokens' last out.shape[1] layers of `qid` into `out`."""
-        _copy(self.queries[qid], out)
+        if qid in self.queries or not self._direct(out, 1):
+            _copy(self.query(qid), out)
+        else:
+            self.mapped.read_query_into(qid, np.asarray(out))
+
+    def _direct(self, out, which: int) -> bool:
+        """True when the mapping can copy straight into `out` (host memory, all k layers)."""
+        host = isinstance(out, np.ndarray) or (torch.is_tensor(out) and out.device.type == "cpu")
+        return self.mapped is not None and host and out.shape[1] == self._shapes[which][0]
 
     @classmethod
     def load(
@@ -63,18 +86,34 @@ class PreloadedFeatures:
         s = cache.settings
         vids = sorted({it.anno.vid for it in items}, key=lambda v: cache.index.videos[v].start)
         qids = list(dict.fromkeys(it.anno.qid for it in items))
-        v_rows = [cache.video_record(v).n_clips for v in vids]
-        q_rows = [cache.query_length(q) for q in qids]
         v_shape, q_shape = (k, s.tokens_per_frame, s.video_dim), (k, s.text_dim)
-        queries = _read_all(cache.read_query_into, qids, q_rows,
-                            host_array((sum(q_rows), *q_shape)), None)  # fmt: skip
-        if device is None:
-            block = host_array((sum(v_rows), *v_shape))
-            videos = _read_all(cache.read_video_into, vids, v_rows, block, "preload")
-        else:
+        if device is not None:
+            q_rows = [cache.query_length(q) for q in qids]
+            queries = _read_all(cache.read_query_into, qids, q_rows,
+                                host_array((sum(q_rows), *q_shape)), None)  # fmt: skip
+            v_rows = [cache.video_record(v).n_clips for v in vids]
             videos = _to_gpu(cache, vids, v_rows, v_shape, torch.device(device))
             queries = {q: torch.from_numpy(x).to(device) for q, x in queries.items()}
-        return cls(videos, queries)
+            return cls(videos, queries)
+        mapped = cache.map_features(vids, qids, k)
+        bar = tqdm(total=mapped.nbytes, desc="preload", unit="B", unit_scale=True, disable=None)
+        mapped.populate(bar.update)
+        bar.close()
+        vids = [v for v in vids if v in mapped.unmapped_videos]
+        qids = [q for q in qids if q in mapped.unmapped_queries]
+        v_rows = [cache.video_record(v).n_clips for v in vids]
+        q_rows = [cache.query_length(q) for q in qids]
+        queries = _read_all(cache.read_query_into, qids, q_rows,
+                            host_array((sum(q_rows), *q_shape)), None)  # fmt: skip
+        videos = _read_all(cache.read_video_into, vids, v_rows,
+                           host_array((sum(v_rows), *v_shape)), "preload (copied)")  # fmt: skip
+        log.info(
+            "preload: %.2f GB mapped from %s, %.2f GB copied into RAM",
+            mapped.nbytes / 1e9,
+            cache.path,
+            sum(x.nbytes for x in (*videos.values(), *queries.values())) / 1e9,
+        )
+        return cls(videos, queries, mapped, (v_shape, q_shape))
 
 
 def host_array(shape: tuple[int, ...], pin: bool = False) -> np.ndarray:
@@ -95,6 +134,8 @@ def _copy(src: np.ndarray | torch.Tensor, out: np.ndarray | torch.Tensor) -> Non
 
 def _read_all(read, ids: list[str], rows: list[int], block: np.ndarray, desc: str | None):
     """Each id's rows read into consecutive rows of `block` -> {id: view}."""
+    if not ids:
+        return {}
     views, at = {}, 0
     for i, n in zip(ids, rows, strict=True):
         views[i], at = block[at : at + n], at + n
