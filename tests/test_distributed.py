@@ -146,6 +146,50 @@ def test_killed_two_process_run_resumes_exactly(tmp_path):
         train(**_args(data, cut, TINY, save_every=3, resume=True))
 
 
+def _launch_two(tmp_path: Path, launcher: str, args: dict) -> list[subprocess.Popen]:
+    """Two processes as two 1-process torchrun "nodes" or as srun starts them (its
+    variables, no torchrun), rendezvous on loopback."""
+    script, port = tmp_path / "child.py", str(_free_port())
+    script.write_text(CHILD)
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if launcher == "nnodes":
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                   "--nproc_per_node", "1", "--node-rank", str(rank), "--master-addr",
+                   "127.0.0.1", "--master-port", port, "--monitor-interval", "0.1"]  # fmt: skip
+        else:
+            cmd = [sys.executable]
+            env.update(SLURM_PROCID=str(rank), SLURM_STEP_NUM_TASKS="2", SLURM_LOCALID=str(rank),
+                       SLURM_NTASKS_PER_NODE="2", SLURM_JOB_ID="77", MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=port)  # fmt: skip
+        procs.append(subprocess.Popen([*cmd, str(script), json.dumps(args)], cwd=tmp_path,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))  # fmt: skip
+    return procs
+
+
+@pytest.mark.parametrize("launcher", ["nnodes", "srun"])
+def test_two_nodes_and_srun_train_like_one_process(tmp_path, launcher):
+    """`torchrun --nnodes 2` (one process per "node", static rendezvous) and srun's
+    environment give the single-process weights (bounds as above), with `--preload ram`
+    (each process maps the cache file)."""
+    data = tiny_run(tmp_path, n_train=N_TRAIN, n_val=N_VAL)
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(**_args(data, one, NO_DROPOUT, preload="ram"))
+    procs = _launch_two(tmp_path, launcher, _args(data, two, NO_DROPOUT, preload="ram"))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    wa, wb = load_file(str(one / "last.safetensors")), load_file(str(two / "last.safetensors"))
+    lr = read_meta(one / "last.safetensors")["preset"]["lr"]
+    for name in wa:
+        diff = float((wa[name] - wb[name]).abs().max())
+        assert diff <= (EPOCHS * 8 * lr if name.endswith("att.k.bias") else 1e-6), (name, diff)
+    settings = read_meta(two / "last.safetensors")["settings"]
+    assert (settings["world_size"], settings["backend"]) == (2, "gloo")
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_shards_are_slices_of_the_single_process_batches(world):
     import r2.train.data as D
@@ -208,7 +252,8 @@ def test_launcher_environments_are_read():
 
 
 def test_auto_preload_counts_every_process_of_the_machine(monkeypatch):
-    """4 processes on one machine each preload their own copy: auto fits 4 copies in RAM."""
+    """4 processes on one machine that copy the features each hold a copy: auto fits 4
+    copies in RAM (1 when they map the file)."""
     import r2.train.data as D
     from r2.train.distributed import local_processes
 
@@ -222,3 +267,8 @@ def test_auto_preload_counts_every_process_of_the_machine(monkeypatch):
     assert local_processes({"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "16",
                             "SLURM_NTASKS_PER_NODE": "8(x2)"}) == 8  # fmt: skip
     assert local_processes({"LOCAL_WORLD_SIZE": "4"}) == 1  # no launcher: one process
+    # a RAM preload of all K layers maps the cache file: the machine's processes share it
+    from r2.train.run import preload_copies
+
+    monkeypatch.setattr(os, "environ", {**os.environ, **torchrun})
+    assert (preload_copies(4, 4), preload_copies(4, 2)) == (1, 4)

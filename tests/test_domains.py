@@ -122,3 +122,34 @@ def test_a_killed_domain_all_run_resumes_where_it_stopped(tmp_path, caplog):
     assert {d: r["mAP"] for d, r in again["domains"].items()} == {
         d: r["mAP"] for d, r in table["domains"].items()
     }
+
+
+def test_domain_all_under_torchrun_trains_every_domain_once(tmp_path):
+    """`torchrun --nproc_per_node 2 r2 train --domain all`: rank 0 alone writes the per-domain
+    files (manifest, rows, table); every domain is trained by both processes together."""
+    import shutil
+    import socket
+
+    rel = make_release(tmp_path, "tvsum")
+    result = import_release(rel.folder, "tvsum", tmp_path / "tv.h5", splits=rel.splits)
+    out = tmp_path / "runs"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r2 = shutil.which("r2", path=os.path.dirname(sys.executable))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(port), "--monitor-interval",
+           "0.1", r2, *_train_args(result.cache, result.files, rel, out, 2)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"hung; stderr: {(err.stderr or b'')[-3000:]!r}") from None
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = json.loads((out / "table.json").read_text())
+    assert table["domains"] and all(r["finished"] for r in table["domains"].values())
+    for d in table["domains"]:
+        settings = json.loads((out / d / "last.json").read_text())
+        assert settings["epoch"] == 2
+        log = (out / d / "train.log").read_text()
+        assert "in 2 processes (gloo)" in log and log.count("training ") <= 2, d

@@ -65,7 +65,9 @@ Seed = Annotated[int, typer.Option(help="Seed of init, data order and draws.")]
 Workers = Annotated[int | None, typer.Option(
     min=0, help="Loader threads reading features into the batch (0: in the training thread).",
     show_default="4")]  # fmt: skip
-Preload = Annotated[str, typer.Option(help="Keep features in memory: none | ram | gpu | auto.")]
+Preload = Annotated[str, typer.Option(help=(
+    "Keep features in memory: none (read from the file each epoch) | ram (the cache file "
+    "mapped and read in once) | gpu | auto."))]  # fmt: skip
 K = Annotated[int | None, typer.Option("--k", min=1, help="CLIP layers used (last K of the cache).",
                                        show_default="min(4, the cache's)")]  # fmt: skip
 SaveEvery = Annotated[int, typer.Option(

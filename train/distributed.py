@@ -31,6 +31,7 @@ Semantics (README, "Several GPUs or machines"):
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -186,16 +187,27 @@ def setup(device_name: str) -> tuple[Dist, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
                                 timeout=TIMEOUT)  # fmt: skip
+        atexit.register(_destroy_default_group)
     group = dist.new_group(backend=backend)  # apart from DDP's: no interleaved collectives
     log.info("process %d of %d (%s, local rank %d) on %s", rank, world, backend, local, device)
     return Dist(rank, world, local, backend, group), device
 
 
 def shutdown(d: Dist) -> None:
-    """Leave the process group (after the run, also after a failure)."""
+    """Leave the run's group (after the run, also after a failure). The default group stays
+    for the process's next run (`--domain all` trains one run per domain): a second
+    `init_process_group` on torchrun's store would read the first one's stale addresses.
+    It is destroyed when the process exits."""
     import torch.distributed as dist
 
-    if d.enabled and dist.is_initialized():
+    if d.enabled and dist.is_initialized() and d.group is not None:
+        dist.destroy_process_group(d.group)
+
+
+def _destroy_default_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

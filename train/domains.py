@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ SPLITS_KEYS = {"youtube": "youtube_highlights", "tvsum": "tvsum"}  # in domain_s
 SPLIT_RULES = ("lists", "jsonl")
 ALL = "all"
 MIN_PREFIX = 2  # shortest accepted abbreviation of a domain name
+ROWS_WAIT_S = 600  # distributed: how long other ranks wait for rank 0's rows of a domain
 
 
 def resolve_domain(name: str, known: list[str]) -> str:
@@ -117,7 +119,14 @@ def _write_rows(path: Path, rows: list[dict]) -> Path | None:
     if not rows:
         return None
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+    if not _is_main_process():  # rank 0 writes the same rows: wait until they are there
+        deadline = time.monotonic() + ROWS_WAIT_S
+        while not (path.is_file() and path.read_text(encoding="utf-8") == text):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{path}: rank 0 did not write this domain's rows within "
+                                   f"{ROWS_WAIT_S} s")  # fmt: skip
+            time.sleep(0.05)
+    elif not (path.is_file() and path.read_text(encoding="utf-8") == text):
         write_text_atomic(path, text)
     return path
 
@@ -194,16 +203,29 @@ def train_domains(
                          f"not {name}")  # fmt: skip
     out = Path(out)
     rows = plan(name, Path(train_anno), val_anno and Path(val_anno), splits, split_lists, domain)
-    manifest = _manifest(out, name, splits, split_lists, list(rows), resume)
+    main = _is_main_process()  # torchrun/srun: rank 0 alone writes the per-domain files
     epochs = train_kwargs.get("epochs") or get_preset(name).epochs
-    results = _previous(out, manifest["domains"], rows, epochs)
+    results = {}
+    if main:
+        manifest = _manifest(out, name, splits, split_lists, list(rows), resume)
+        results = _previous(out, manifest["domains"], rows, epochs)
     for d, data in rows.items():
         results[d] = _train_one(cache, out / d, name, data, d, epochs, resume, train_kwargs)
-        write_table(out / TABLE_NAME, domain_table(name, results))
+        if main:
+            write_table(out / TABLE_NAME, domain_table(name, results))
     table = domain_table(name, results)
-    write_table(out / TABLE_NAME, table)
-    log.info("per-domain table written to %s", out / TABLE_NAME)
+    if main:
+        write_table(out / TABLE_NAME, table)
+        log.info("per-domain table written to %s", out / TABLE_NAME)
     return table
+
+
+def _is_main_process() -> bool:
+    """False in the processes of a distributed launch other than rank 0."""
+    from .distributed import from_env
+
+    found = from_env()
+    return found is None or found[0] == 0
 
 
 def _previous(out: Path, domains: list[str], rows: dict, epochs: int) -> dict:

@@ -40,6 +40,14 @@ def default_workers() -> int:
     return DEFAULT_WORKERS
 
 
+def preload_copies(cache_k: int, k: int) -> int:
+    """Copies of the features a RAM preload makes on this machine: one, shared by its
+    processes, when they map the cache file (all its K layers used); else one each."""
+    from .distributed import local_processes
+
+    return 1 if k == cache_k else local_processes()
+
+
 @dataclass
 class RunOptions:
     """How a run trains and saves (the `train` arguments that are not data or preset)."""
@@ -326,10 +334,8 @@ def _data(cache, train_anno: Path, val_anno, preset, k: int, o: RunOptions, devi
             preset.name,
         )
     every = train_items + (val_items or [])
-    from .distributed import local_processes
-
-    copies = local_processes()
-    mode = resolve_preload(o.preload, feature_bytes(cache, every, k), device, copies)
+    mode = resolve_preload(o.preload, feature_bytes(cache, every, k), device,
+                           preload_copies(cache.settings.k, k))  # fmt: skip
     if mode == "none":
         return train_items, val_items, cache, mode
     features = PreloadedFeatures.load(cache, every, k, device if mode == "gpu" else None)
