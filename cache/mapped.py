@@ -48,7 +48,7 @@ class MappedFeatures:
                  unmapped: tuple[set[str], set[str]] = (set(), set())):  # fmt: skip
         self.path = path
         self.unmapped_videos, self.unmapped_queries = set(unmapped[0]), set(unmapped[1])
-        size = os.fstat(fd).st_size
+        size = os.fstat(fd).st_size if videos or queries else 0  # nothing to map: no mmap
         self._mm = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
         self._bytes = np.frombuffer(self._mm, np.uint8) if size else np.empty(0, np.uint8)
         self.videos, self.queries = {}, {}
