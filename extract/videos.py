@@ -9,8 +9,8 @@ features, never a whole video's: flat in the video's length. Since frames are en
 order, at most one video is being streamed at any time. The main process's budget: the
 model, at most HIGH_WATER_BATCHES batches of queued frames plus the decodes in flight
 (each under spill.SPILL_BYTES; longer videos are read from disk batch by batch) and one
-batch's activations: under 1.25 GB for ViT-B/32 on CPU from 30 s to 2 h
-(`benchmarks/extract.py --memory`, README).
+batch's activations: under 1.35 GB for ViT-B/32 on CPU from 30 s to 2 h
+(`benchmarks/extract.py --memory`, README: 1.07-1.32 GB over seven runs at 30 min).
 
 The sink is anything with `video_stream(record) -> stream` (write / update / commit /
 abort), as `r2.cache.CacheWriter`; batch prediction (r2/batch.py) collects a video there.
