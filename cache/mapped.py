@@ -12,12 +12,14 @@ pages. Only the rows a run uses are read: the byte ranges come from `DirectRows.
 Mapped pages are clean file pages: under memory pressure the kernel may drop some instead
 of failing, and they are read from the file again when next used (slower, the same bytes;
 the cache's rows are never rewritten in place). Ids whose rows cannot be mapped (a layout
-`plan` refuses, rows past the end of the mapping) are listed in `unmapped_videos` and
-`unmapped_queries` for the caller to read the ordinary way.
+`plan` refuses, rows past the end of the mapping, a file system that cannot map: logged)
+are listed in `unmapped_videos` and `unmapped_queries` for the caller to read the ordinary
+way.
 """
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 from collections.abc import Callable
@@ -27,6 +29,8 @@ import numpy as np
 
 from .direct import Plan
 from .records import CacheError
+
+log = logging.getLogger(__name__)
 
 MADV_POPULATE_READ = 22  # Linux >= 5.14: fault a range's pages in, reading them from the file
 PAGE = mmap.PAGESIZE  # bytes
@@ -49,7 +53,13 @@ class MappedFeatures:
         self.path = path
         self.unmapped_videos, self.unmapped_queries = set(unmapped[0]), set(unmapped[1])
         size = os.fstat(fd).st_size if videos or queries else 0  # nothing to map: no mmap
-        self._mm = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+        self._mm = None
+        try:
+            self._mm = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+        except (OSError, ValueError, TypeError) as exc:  # e.g. a file system without mmap
+            log.warning("%s: cannot map the file (%s); its features are copied into RAM "
+                        "instead", path, exc)  # fmt: skip
+            size = 0  # every id unmapped below
         self._bytes = np.frombuffer(self._mm, np.uint8) if size else np.empty(0, np.uint8)
         self.videos, self.queries = {}, {}
         for src, dst, left in ((videos, self.videos, self.unmapped_videos),

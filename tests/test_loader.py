@@ -260,6 +260,25 @@ def test_ram_preload_copies_what_the_mapping_cannot_serve(tmp_path, monkeypatch)
             assert np.array_equal(out, fc.video(vid)[:, -1:])
 
 
+def test_ram_preload_of_a_file_that_cannot_be_mapped_copies_it_and_says_so(
+    tmp_path, monkeypatch, caplog
+):
+    import mmap
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    cache, path = _big_cache(tmp_path, n=3)
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    with FeatureCache(cache) as fc, caplog.at_level("WARNING"):
+        items = D.prepare_items(D.read_annotations(path), fc, "qvhighlights", train=True)
+        ram = D.PreloadedFeatures.load(fc, items, 2)
+        assert "cannot map the file" in caplog.text and str(cache) in caplog.text
+        assert not ram.mapped.videos and len(ram.videos) == 3
+        for vid in fc.video_ids():
+            assert np.array_equal(ram.video(vid), fc.video(vid))
+
+
 def test_chunk_index_read_at_once_equals_per_chunk_lookups(tmp_path):
     """`DirectRows` reads every chunk's offset in one pass (`chunk_iter`); each equals
     HDF5's own lookup of that chunk (ViT-sized rows: many chunks)."""
